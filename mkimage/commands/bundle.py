@@ -1,0 +1,141 @@
+"""`mkspawn build|sign|verify|inspect`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from mkimage.bundle.build import build_bundle, summary
+from mkimage.bundle.sign import sign_bundle
+from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
+from mkimage.commands.options import echo_json, json_option, recipe_argument, set_option
+from mkimage.errors import UsageError
+from mkimage.recipe.load import load_recipe
+from mkimage.signing.keys import PassphraseSource, PrivateKey, key_id, load_private_key
+from mkimage.signing.trust import TrustStore, default_trust_dir, load_trust_store
+
+bundle_path = click.Path(path_type=Path, dir_okay=False)
+
+
+def _key_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--passphrase-env", default=None, metavar="VAR",
+                     help="Environment variable with the key passphrase [default: MKSPAWN_KEY_PASSPHRASE].")(f)
+    f = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="File whose first line is the key passphrase.")(f)
+    return f
+
+
+def _trust_option(f):  # type: ignore[no-untyped-def]
+    return click.option("--trust", "trust_dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="Trust store directory [default: ~/.config/mkspawn/trust].")(f)
+
+
+def _load_trust(trust_dir: Path | None, *, must_exist: bool) -> TrustStore:
+    if trust_dir is not None:
+        return load_trust_store(trust_dir, must_exist=True)
+    return load_trust_store(default_trust_dir(os.environ), must_exist=must_exist)
+
+
+def _load_keys(keys: tuple[Path, ...], passphrase_file: Path | None, passphrase_env: str | None) -> list[PrivateKey]:
+    source = PassphraseSource(passphrase_file, passphrase_env or "MKSPAWN_KEY_PASSPHRASE")
+    return [load_private_key(k, source, os.environ) for k in keys]
+
+
+@click.command("build")
+@recipe_argument
+@click.option("-o", "--output", "out", type=bundle_path, required=True, help="Bundle file to write.")
+@click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Sign with this private key (repeatable); overrides [bundle] key.")
+@_key_options
+@set_option
+@json_option
+def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path | None,
+          passphrase_env: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Build the recipe's bundle (and sign it when a key is given)."""
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory", code="bad-output")
+    model = load_recipe(recipe, overrides)
+    if not keys and model.bundle.key is not None:
+        keys = (Path(model.bundle.key),)
+        passphrase_file = passphrase_file or model.bundle.passphrase_file
+        passphrase_env = passphrase_env or model.bundle.passphrase_env
+    signers = _load_keys(keys, passphrase_file, passphrase_env)
+    result = build_bundle(model, out, signers)
+    if as_json:
+        echo_json(summary(result))
+        return
+    signed = ", ".join(k[:16] + "…" for k in result.signed_by) or "unsigned"
+    click.echo(f"{out}: {result.size} bytes, sha256 {result.sha256}, {signed}")
+
+
+@click.command("sign")
+@click.argument("bundle", type=bundle_path)
+@click.option("--key", "keys", multiple=True, required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Private key to sign with (repeatable).")
+@click.option("-o", "--output", "out", type=bundle_path, help="Write here instead of replacing BUNDLE.")
+@_key_options
+def sign(bundle: Path, keys: tuple[Path, ...], out: Path | None, passphrase_file: Path | None,
+         passphrase_env: str | None) -> None:
+    """Add signatures to a bundle (a key that already signed it is replaced)."""
+    signers = _load_keys(keys, passphrase_file, passphrase_env)
+    sign_bundle(bundle, out or bundle, signers)
+    for key in signers:
+        click.echo(f"signed {out or bundle} with {key_id(key.public_key())}")
+
+
+@click.command("verify")
+@click.argument("bundle", type=bundle_path)
+@_trust_option
+@click.option("--state", "state_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Rollback state file: refuse versions lower than the highest verified one.")
+@json_option
+def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_json: bool) -> None:
+    """Verify a bundle's structure, digests and signatures (exit 3 if rejected, 5 on rollback)."""
+    report = verify_bundle(bundle, _load_trust(trust_dir, must_exist=True), state_file=state_file)
+    if as_json:
+        echo_json({"ok": True, **report.to_dict()})
+        return
+    keys = ", ".join(k[:16] + "…" for k in report.trusted_by)
+    m = report.manifest
+    click.echo(f"{bundle}: OK: {m.recipe_name} {m.recipe_version} ({m.kernel_release}), signed by {keys}")
+
+
+@click.command("inspect")
+@click.argument("bundle", type=bundle_path)
+@_trust_option
+@json_option
+def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
+    """Show a bundle's components, signatures and metadata."""
+    report = inspect_bundle(bundle, _load_trust(trust_dir, must_exist=False))
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(render_report(report), nl=False)
+
+
+def render_report(report: BundleReport) -> str:
+    m = report.manifest
+    lines = [
+        f"bundle:         {report.path} ({report.size} bytes, format v{m.format_version})",
+        f"recipe:         {m.recipe_name} {m.recipe_version}",
+        f"arch:           {m.arch}",
+        f"abi profile:    {m.abi_profile}",
+        f"kernel release: {m.kernel_release}",
+        f"cmdline:        {report.cmdline}",
+        f"epoch:          {m.provenance.source_date_epoch}",
+        "",
+        f"{'ROLE':<11} {'PATH':<24} {'SIZE':>11}  {'SHA256':<16}  MEDIA TYPE",
+    ]
+    for c in m.components:
+        lines.append(f"{c.role!s:<11} {c.path:<24} {c.size:>11}  {c.sha256[:16]}  {c.media_type}")
+    lines += ["", f"{'SIGNATURE KEY ID':<66} {'SCHEME':<18} STATUS"]
+    for s in report.signatures:
+        lines.append(f"{s.keyid:<66} {s.scheme:<18} {s.status}")
+    if not report.signatures:
+        lines.append("(unsigned)")
+    return "\n".join(lines) + "\n"
+
+
+command = [build, sign, verify, inspect]

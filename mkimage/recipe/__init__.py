@@ -1,0 +1,1 @@
+"""The recipe stage: TOML in, one typed, validated ``Recipe`` out."""

@@ -1,0 +1,340 @@
+"""Load a recipe: TOML → merged tables (extends, --set) → typed ``Recipe``.
+
+Validation happens here, once; stages receive typed objects.  Every error names the
+file, line and key it is about.
+
+Merge rules for ``extends = "base.toml"`` (documented in docs/recipes.md): the base is
+loaded first (recursively, cycles refused); tables merge key by key; any other value
+in the extending recipe (string, number, boolean, array, array of tables) replaces
+the base's value whole.  Relative paths are resolved against the file that set them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mkimage.errors import Location, RecipeError
+from mkimage.recipe.locations import KeyPath, nearest, scan_locations
+from mkimage.recipe.model import SECTIONS, KeyRef, Recipe
+from mkimage.recipe.settings import (
+    field_setting,
+    is_section,
+    optional_inner,
+    section_fields,
+    type_name,
+)
+
+EXTENDS_KEY = "extends"
+MAX_EXTENDS_DEPTH = 16
+DEFAULT_SOURCE_DATE_EPOCH = 0
+
+Locs = dict[KeyPath, Location]
+
+
+def is_uri(value: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+.-]*:", value) is not None and not re.match(r"^[A-Za-z]:[\\/]", value)
+
+
+# ---- reading and merging --------------------------------------------------------------
+
+def _read_file(path: Path) -> tuple[dict[str, Any], Locs]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(Location(path), None, "no such recipe file", code="no-such-file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(Location(path), None, f"cannot read recipe: {e}", code="unreadable") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        line = int(m.group(1)) if m else None
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e)) or "invalid TOML"
+        raise RecipeError(Location(path, line), None, f"invalid TOML: {message}", code="toml-syntax") from None
+    lines = scan_locations(text)
+    locs = {key: Location(path, line) for key, line in lines.items()}
+    locs[()] = Location(path, None)
+    return data, locs
+
+
+def _merge(base: dict[str, Any], base_locs: Locs, top: dict[str, Any], top_locs: Locs, prefix: KeyPath = ()) -> None:
+    """Merge ``top`` into ``base`` in place, carrying locations along."""
+    for key, value in top.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], base_locs, value, top_locs, path)
+            continue
+        base[key] = value
+        for stale in [p for p in base_locs if p[: len(path)] == path]:
+            del base_locs[stale]
+        base_locs.update({p: loc for p, loc in top_locs.items() if p[: len(path)] == path})
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locs]:
+    path = Path(os.path.abspath(path))
+    data, locs = _read_file(path)
+    extends = data.pop(EXTENDS_KEY, None)
+    if extends is None:
+        return data, locs
+    loc = locs.get((EXTENDS_KEY,), Location(path))
+    if not isinstance(extends, str) or not extends:
+        raise RecipeError(loc, EXTENDS_KEY, f"expected a relative path string, got {extends!r}", code="bad-type")
+    base_path = Path(os.path.abspath(path.parent / extends))
+    if base_path in chain or base_path == path:
+        raise RecipeError(loc, EXTENDS_KEY, f"extends cycle through {os.path.relpath(base_path)}", code="extends-cycle")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise RecipeError(loc, EXTENDS_KEY, "extends chain too deep", code="extends-cycle")
+    if not base_path.is_file():
+        raise RecipeError(loc, EXTENDS_KEY, f"no such file: {os.path.relpath(base_path)}", code="no-such-file")
+    base, base_locs = _load_tree(base_path, (*chain, path))
+    top_locs = {p: l for p, l in locs.items() if p and p[0] != EXTENDS_KEY}
+    _merge(base, base_locs, data, top_locs)
+    base_locs[()] = Location(path)
+    return base, base_locs
+
+
+def parse_override(text: str) -> tuple[KeyPath, Any]:
+    """``section.key=value`` → (path, value); the value is TOML if it parses, else a string."""
+    key, sep, raw = text.partition("=")
+    origin = Location(None, origin=f"--set {text}")
+    if not sep or not key.strip():
+        raise RecipeError(origin, None, "expected --set section.key=value", code="bad-override")
+    path = tuple(part.strip() for part in key.split("."))
+    if any(not part for part in path):
+        raise RecipeError(origin, None, f"bad key path {key!r}", code="bad-override")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def _apply_override(data: dict[str, Any], locs: Locs, text: str) -> None:
+    path, value = parse_override(text)
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(str(part), {})
+        if not isinstance(child, dict):
+            raise RecipeError(Location(None, origin=f"--set {text}"), ".".join(map(str, path)),
+                              f"{part} is not a table", code="bad-override")
+        node = child
+    node[str(path[-1])] = value
+    for stale in [p for p in locs if p[: len(path)] == path]:
+        del locs[stale]
+    locs[path] = Location(None, origin=f"--set {text}")
+
+
+# ---- conversion to the typed model -------------------------------------------------
+
+class _Converter:
+    def __init__(self, locs: Locs, cwd: Path) -> None:
+        self.locs = locs
+        self.cwd = cwd
+
+    def loc(self, path: KeyPath) -> Location:
+        for n in range(len(path), -1, -1):
+            found = self.locs.get(path[:n])
+            if found is not None:
+                return found
+        return Location(None)
+
+    def fail(self, path: KeyPath, message: str, code: str) -> RecipeError:
+        return RecipeError(self.loc(path), _dotted(path), message, code=code)
+
+    def base_dir(self, path: KeyPath) -> Path:
+        loc = self.loc(path)
+        return loc.file.parent if loc.file is not None else self.cwd
+
+    def table(self, cls: type, value: Any, path: KeyPath) -> Any:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a table, got {_show(value)}", "bad-type")
+        fields = {f.name: (f, tp) for f, tp in section_fields(cls) if f.name != "path"}
+        for key in value:
+            if key not in fields:
+                raise self.fail((*path, key), _unknown_key_message(key, list(fields)), "unknown-key")
+        kwargs: dict[str, Any] = {}
+        for name, (f, tp) in fields.items():
+            sub = (*path, name)
+            if name in value:
+                converted = self.value(tp, value[name], sub)
+            elif is_section(tp):
+                converted = self.table(tp, {}, sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise self.fail(path, f"missing required key '{name}'", "missing-key")
+            else:
+                continue
+            check = None if is_section(tp) or cls is Recipe else field_setting(f).check
+            message = check(converted) if check else None
+            if message:
+                raise self.fail(sub, message, "bad-value")
+            kwargs[name] = converted
+        return cls(**kwargs)
+
+    def value(self, tp: Any, value: Any, path: KeyPath) -> Any:
+        inner = optional_inner(tp)
+        if inner is not None:
+            return self.value(inner, value, path)
+        origin = typing.get_origin(tp)
+        if origin is list:
+            (item,) = typing.get_args(tp)
+            if not isinstance(value, list):
+                raise self.fail(path, f"expected {type_name(tp)}, got {_show(value)}", "bad-type")
+            return [self.value(item, v, (*path, i)) for i, v in enumerate(value)]
+        if origin is dict:
+            _, val_tp = typing.get_args(tp)
+            if not isinstance(value, dict):
+                raise self.fail(path, f"expected {type_name(tp)}, got {_show(value)}", "bad-type")
+            return {str(k): self.value(val_tp, v, (*path, k)) for k, v in value.items()}
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            return self.table(tp, value, path)
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            choices = [m.value for m in tp]
+            if not isinstance(value, str) or value not in choices:
+                hint = _did_you_mean(str(value), choices)
+                raise self.fail(path, f"expected {type_name(tp)}, got {_show(value)}{hint}", "bad-value")
+            return tp(value)
+        return self.scalar(tp, value, path)
+
+    def scalar(self, tp: Any, value: Any, path: KeyPath) -> Any:
+        ok = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            str: isinstance(value, str),
+            Path: isinstance(value, str) and value != "",
+            KeyRef: isinstance(value, str) and value != "",
+        }.get(tp)
+        if ok is None:
+            raise TypeError(f"recipe field type {tp!r} has no converter")
+        if not ok:
+            raise self.fail(path, f"expected {_article(type_name(tp))}, got {_show(value)}", "bad-type")
+        if "\0" in str(value):
+            raise self.fail(path, "NUL character in string", "bad-value")
+        if tp is Path:
+            return Path(os.path.abspath(self.base_dir(path) / value))
+        if tp is KeyRef:
+            return KeyRef(value if is_uri(value) else os.path.abspath(self.base_dir(path) / value))
+        return value
+
+
+def _article(name: str) -> str:
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(f"{p}" if isinstance(p, str) else f"[{p}]" for p in path).replace(".[", "[")
+
+
+def _did_you_mean(key: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _unknown_key_message(key: str, choices: Sequence[str]) -> str:
+    return f"unknown key '{key}'{_did_you_mean(key, choices)}"
+
+
+# ---- the public entry point ----------------------------------------------------------
+
+def load_recipe(
+    path: Path,
+    overrides: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Recipe:
+    """Load, merge, override and validate a recipe; raise RecipeError on any problem."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    data, locs = _load_tree(Path(path))
+    for text in overrides:
+        _apply_override(data, locs, text)
+    conv = _Converter(locs, cwd)
+    for key in data:
+        if key not in SECTIONS:
+            raise conv.fail((key,), _unknown_key_message(key, [*SECTIONS, EXTENDS_KEY]), "unknown-key")
+    if "metadata" not in data:
+        raise conv.fail((), "missing required table [metadata]", "missing-key")
+    recipe: Recipe = conv.table(Recipe, {**data}, ())
+    recipe = _with_epoch(recipe, env, conv)
+    _validate(recipe, conv)
+    return dataclasses.replace(recipe, path=Path(os.path.abspath(path)))
+
+
+def _with_epoch(recipe: Recipe, env: Mapping[str, str], conv: _Converter) -> Recipe:
+    if recipe.metadata.source_date_epoch is not None:
+        return recipe
+    raw = env.get("SOURCE_DATE_EPOCH", "")
+    if raw == "":
+        epoch = DEFAULT_SOURCE_DATE_EPOCH
+    elif raw.isdigit() and int(raw) <= 0xFFFFFFFF:
+        epoch = int(raw)
+    else:
+        raise RecipeError(Location(None, origin="$SOURCE_DATE_EPOCH"), None,
+                          f"expected an integer 0..4294967295, got {raw!r}", code="bad-value")
+    metadata = dataclasses.replace(recipe.metadata, source_date_epoch=epoch)
+    return dataclasses.replace(recipe, metadata=metadata)
+
+
+def _validate(recipe: Recipe, conv: _Converter) -> None:
+    """Rules that span several keys."""
+    if recipe.kernel.image is None and recipe.kernel.source is None:
+        raise conv.fail(("kernel",), "set 'image' to a prebuilt kernel image or 'source' to build one",
+                        "missing-key")
+    if recipe.kernel.image is not None and recipe.kernel.source is not None:
+        raise conv.fail(("kernel", "source"), "set only one of 'image' and 'source'", "conflicting-keys")
+    inst = recipe.instance
+    if recipe.instance.profile.value != "none" and (inst.name is None or inst.id is None):
+        raise conv.fail(("instance", "profile"),
+                        f"profile '{inst.profile}' needs [instance] name and id", "missing-key")
+    key = recipe.bundle.key
+    if key is not None and is_uri(key):
+        raise conv.fail(("bundle", "key"), f"key URIs ({key.split(':', 1)[0]}:) are not supported yet; "
+                        "give a PEM file", "unsupported")
+    if key is not None and not Path(key).is_file():
+        raise conv.fail(("bundle", "key"), f"no such file: {os.path.relpath(key)}", "bad-value")
+    if len(recipe.kernel.cmdline.encode()) + 1 > 2048:
+        raise conv.fail(("kernel", "cmdline"), "longer than the x86 limit of 2047 bytes", "bad-value")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The fully resolved recipe as plain data (paths as strings), for `recipe show`."""
+    out: dict[str, Any] = {}
+    for name in SECTIONS:
+        out[name] = _plain(getattr(recipe, name))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+__all__ = ["KeyRef", "load_recipe", "nearest", "parse_override", "recipe_to_dict"]

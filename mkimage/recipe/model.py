@@ -1,0 +1,491 @@
+"""The typed recipe model: one frozen dataclass per TOML section.
+
+Field metadata is the settings table (see ``settings.py``): TOML keys equal the
+attribute names, and docs/recipes.md is generated from these declarations.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mkimage.recipe.settings import in_range, matches, setting
+
+NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+VERSION_RE = r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
+
+
+class Arch(enum.StrEnum):
+    X86_64 = "x86_64"
+    ARM64 = "arm64"
+
+
+class AbiProfile(enum.StrEnum):
+    """Which multikernel loader generation the spawn targets (multikernel-abi.md §2)."""
+
+    NONE = "none"  # plain kexec_file_load target, no multikernel host
+    V2 = "v2"
+    MK2 = "mk2"
+    MK_MASTER = "mk-master"
+
+
+def _shown(path: Path) -> str:
+    return os.path.relpath(path)
+
+
+def _file(value: object) -> str | None:
+    if value is None:
+        return None
+    assert isinstance(value, Path)
+    return None if value.is_file() else f"no such file: {_shown(value)}"
+
+
+class KeyRef(str):
+    """A signing key reference: a PEM path (resolved like other paths) or a URI such as
+    ``pkcs11:token=a;object=b``, kept verbatim."""
+
+
+def section(cls: type) -> type:
+    """Mark a dataclass as a recipe section (a TOML table in the settings tree)."""
+    cls.__section__ = True  # type: ignore[attr-defined]
+    return cls
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    name: str = field(
+        metadata=setting(
+            "Recipe name; bundles and rollback state are keyed by it.",
+            check=matches(NAME_RE, "a name of letters, digits, '.', '_' or '-'"),
+            example='"demo-spawn"',
+        )
+    )
+    version: str = field(
+        metadata=setting(
+            "Recipe version: dotted non-negative integers, compared numerically for rollback protection.",
+            check=matches(VERSION_RE, 'a version like "1.2.3"'),
+            example='"1.0.0"',
+        )
+    )
+    arch: Arch = field(default=Arch.X86_64, metadata=setting("Target architecture."))
+    source_date_epoch: int | None = field(
+        default=None,
+        metadata=setting(
+            "Timestamp for every mtime in the output. Unset: $SOURCE_DATE_EPOCH, else 0.",
+            check=lambda v: None if v is None else in_range(0, 0xFFFFFFFF)(v),
+        ),
+    )
+
+
+_SHA256_RE = r"[0-9a-f]{64}"
+
+
+def _kernel_dir(value: object) -> str | None:
+    if value is None:
+        return None
+    assert isinstance(value, Path)
+    return None if value.is_dir() else f"no such directory: {_shown(value)}"
+
+
+def _kernel_files(values: object) -> str | None:
+    assert isinstance(values, list)
+    return next((m for m in map(_file, values) if m), None)
+
+
+def _kernel_source(value: object) -> str | None:
+    """Exactly one origin, with the companions it needs and none it does not."""
+    if value is None:
+        return None
+    assert isinstance(value, KernelSource)
+    given = [k for k in ("url", "tarball", "dir", "git") if getattr(value, k) is not None]
+    if len(given) != 1:
+        return "give exactly one of url, tarball, dir or git" + (f" (got {', '.join(given)})" if given else "")
+    if value.url is not None and value.sha256 is None:
+        return "url needs sha256 (the download is checked before use)"
+    if value.sha256 is not None and value.url is None and value.tarball is None:
+        return "sha256 applies to url or tarball only"
+    if (value.git is None) != (value.rev is None):
+        return "git and rev go together (pin a commit for reproducible builds)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSource:
+    """Where the kernel tree comes from: one of url, tarball, dir or git."""
+
+    url: str | None = field(
+        default=None,
+        metadata=setting(
+            "Tarball URL (http/https), fetched once and cached by sha256.",
+            check=lambda v: None if v is None or v.startswith(("https://", "http://")) else f"expected an http(s) URL, got {v!r}",
+            example='"https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.12.tar.xz"',
+        ),
+    )
+    sha256: str | None = field(
+        default=None,
+        metadata=setting(
+            "Expected sha256 of the url (required) or tarball (optional) source.",
+            check=lambda v: None if v is None else matches(_SHA256_RE, "64 lowercase hex digits")(v),
+        ),
+    )
+    tarball: Path | None = field(
+        default=None,
+        metadata=setting("Local source tarball (.tar, .tar.gz, .tar.xz, ...).", check=_file,
+                         example='"/usr/src/linux-source-6.12.tar.xz"'),
+    )
+    dir: Path | None = field(
+        default=None,
+        metadata=setting("Unpacked source tree, used in place and never written to (builds use O=).", check=_kernel_dir),
+    )
+    git: str | None = field(
+        default=None, metadata=setting("Git repository URL or path; needs `rev`.")
+    )
+    rev: str | None = field(
+        default=None, metadata=setting("Git commit (preferably a full hash) or tag to build.")
+    )
+
+
+class ConfigBase(enum.StrEnum):
+    """Kernel make targets that produce a starting .config."""
+
+    TINYCONFIG = "tinyconfig"
+    DEFCONFIG = "defconfig"
+    ALLNOCONFIG = "allnoconfig"
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class KernelSpec:
+    image: Path | None = field(
+        default=None,
+        metadata=setting(
+            "Prebuilt kernel image (x86 bzImage or arm64 Image) to put in the bundle.",
+            check=_file,
+            example='"build/bzImage"',
+        ),
+    )
+    vmlinux: Path | None = field(
+        default=None,
+        metadata=setting("Prebuilt ELF vmlinux matching `image` (needed by the mk2 ABI profile).", check=_file),
+    )
+    config: Path | None = field(
+        default=None,
+        metadata=setting("The kernel's .config, recorded in the bundle and its provenance.", check=_file),
+    )
+    cmdline: str = field(
+        default="",
+        metadata=setting("Kernel command line for the spawn.", example='"console=ttyS0 panic=-1"'),
+    )
+    source: KernelSource | None = field(
+        default=None,
+        metadata=setting(
+            "Kernel source to build from (instead of a prebuilt `image`).",
+            check=_kernel_source,
+            example='{ tarball = "/usr/src/linux-source-6.12.tar.xz" }',
+        ),
+    )
+    mirrors: dict[str, Path] = field(
+        default_factory=dict,
+        metadata=setting(
+            "URL prefix → local directory; a source URL under a prefix is read from there when present.",
+            example='{ "https://cdn.kernel.org/pub/" = "/srv/mirror/" }',
+        ),
+    )
+    patches: list[Path] = field(
+        default_factory=list,
+        metadata=setting("Patches (.patch or mbox), applied in order with -p1.", check=_kernel_files,
+                         example='["patches/0001-fix.patch"]'),
+    )
+    series: Path | None = field(
+        default=None,
+        metadata=setting("A quilt series file; patches are named relative to it. Not with `patches`.", check=_file),
+    )
+    base: ConfigBase = field(
+        default=ConfigBase.TINYCONFIG,
+        metadata=setting("make target giving the starting .config (ignored when `base_config` is set)."),
+    )
+    base_config: Path | None = field(
+        default=None,
+        metadata=setting("A full .config to start from instead of `base`.", check=_file),
+    )
+    fragments: list[Path] = field(
+        default_factory=list,
+        metadata=setting(
+            "Kconfig fragments merged over the base, in order; two fragments setting one symbol differently is an error.",
+            check=_kernel_files,
+            example='["../kernel/spawn-minimal.config"]',
+        ),
+    )
+    options: dict[str, str] = field(
+        default_factory=dict,
+        metadata=setting(
+            'Inline symbols without CONFIG_, applied last: "y", "m", "n", a number, or a quoted string.',
+            check=lambda v: next((f"bad symbol name {k!r} (letters, digits and _; no CONFIG_ prefix)" for k in v
+                                  if not (k.isascii() and k.replace("_", "").isalnum()) or k.startswith("CONFIG_")), None),
+            example='{ KEXEC_FILE = "y", NR_CPUS = "8", CMDLINE = \'"console=ttyS0"\' }',
+        ),
+    )
+    trusted_keys: Path | None = field(
+        default=None,
+        metadata=setting("PEM certificate(s) compiled in as CONFIG_SYSTEM_TRUSTED_KEYS (for kexec-sig.config).", check=_file),
+    )
+    jobs: int | None = field(
+        default=None,
+        metadata=setting("Parallel make jobs. Unset: the number of CPUs.",
+                         check=lambda v: None if v is None else in_range(1, 1024)(v)),
+    )
+
+
+class Compression(enum.StrEnum):
+    """How the main initramfs archive is compressed (the kernel detects it by magic)."""
+
+    AUTO = "auto"  # the best the kernel config allows; gzip when no config is known
+    NONE = "none"
+    GZIP = "gzip"
+    XZ = "xz"
+    ZSTD = "zstd"
+    LZ4 = "lz4"  # the kernel wants the legacy frame format (`lz4 -l`)
+
+    @property
+    def media_type(self) -> str:
+        return "application/x-cpio" if self in (Compression.NONE, Compression.AUTO) else f"application/x-cpio+{self}"
+
+
+class NodeType(enum.StrEnum):
+    """Special files in the initramfs, spelled as mknod(1) and gen_init_cpio spell them."""
+
+    CHAR = "c"
+    BLOCK = "b"
+    FIFO = "p"
+    SOCKET = "s"
+
+
+# The kernel's early loader only looks for these two names (Documentation/arch/x86/microcode.rst).
+MICROCODE_NAMES = ("GenuineIntel.bin", "AuthenticAMD.bin")
+
+
+def _archive_path(value: object, *, root_ok: bool = False) -> str | None:
+    """A path inside the initramfs: a leading '/' is dropped (as gen_init_cpio does);
+    '.', '..' and empty components are refused so nothing lands outside the root."""
+    text = str(value)
+    inner = text.lstrip("/")
+    if inner == "":
+        return None if root_ok else f"expected a path inside the initramfs, got {text!r}"
+    if any(part in ("", ".", "..") for part in inner.split("/")):
+        return f"expected a normalised path without '.', '..' or '//' components, got {text!r}"
+    return None
+
+
+def _mode_bits(value: object) -> str | None:
+    if value is None:
+        return None
+    assert isinstance(value, int)
+    return None if 0 <= value <= 0o7777 else f"expected permission bits 0o0..0o7777, got {value:#o}"
+
+
+def _dir(value: object) -> str | None:
+    assert isinstance(value, Path)
+    return None if value.is_dir() else f"no such directory: {_shown(value)}"
+
+
+def _files(values: object) -> str | None:
+    assert isinstance(values, list)
+    return next((msg for v in values if (msg := _file(v))), None)
+
+
+def _microcode(values: object) -> str | None:
+    assert isinstance(values, list)
+    names = [v.name for v in values]
+    for v in values:
+        if v.name not in MICROCODE_NAMES:
+            return f"microcode file must be named {' or '.join(MICROCODE_NAMES)}, got {v.name!r}"
+    if len(set(names)) != len(names):
+        return "microcode names a vendor file twice"
+    return _files(values)
+
+
+@dataclass(frozen=True, slots=True)
+class FileItem:
+    src: Path = field(metadata=setting("Host file to copy.", check=_file))
+    dst: str = field(metadata=setting("Path in the initramfs.", check=_archive_path, example='"/etc/motd"'))
+    mode: int | None = field(
+        default=None,
+        metadata=setting("Permission bits, e.g. 0o755. Unset: the source file's bits.", check=_mode_bits),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TreeItem:
+    src: Path = field(metadata=setting("Host directory copied recursively (modes kept, owner 0:0).", check=_dir))
+    dst: str = field(
+        default="/",
+        metadata=setting("Directory in the initramfs it lands in.", check=lambda v: _archive_path(v, root_ok=True)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeItem:
+    path: str = field(metadata=setting("Path of the node in the initramfs.", check=_archive_path))
+    type: NodeType = field(metadata=setting("c (char device), b (block device), p (FIFO) or s (socket)."))
+    major: int = field(default=0, metadata=setting("Device major number.", check=in_range(0, 0xFFFFFFFF)))
+    minor: int = field(default=0, metadata=setting("Device minor number.", check=in_range(0, 0xFFFFFFFF)))
+    mode: int = field(default=0o600, metadata=setting("Permission bits.", check=_mode_bits))
+
+
+@dataclass(frozen=True, slots=True)
+class SymlinkItem:
+    path: str = field(metadata=setting("Path of the symlink in the initramfs.", check=_archive_path))
+    target: str = field(
+        metadata=setting(
+            "What the link points to, stored verbatim.",
+            check=lambda v: None if v else "expected a non-empty target",
+        )
+    )
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class InitramfsSpec:
+    image: Path | None = field(
+        default=None,
+        metadata=setting("Prebuilt initrd (any format the kernel unpacks) to put in the bundle.", check=_file),
+    )
+    init: Path | None = field(
+        default=None,
+        metadata=setting(
+            "Program or script installed as /init. Unset: the default busybox init, which mounts "
+            "proc/sys/devtmpfs, prints MKSPAWN-READY, runs `command` and reboots.",
+            check=_file,
+        ),
+    )
+    command: str = field(
+        default="",
+        metadata=setting("Shell command the default init runs with `sh -c` (stored at /etc/mkspawn/command).",
+                         example='"cat /proc/cmdline"'),
+    )
+    busybox: bool = field(
+        default=True,
+        metadata=setting("Install /bin/busybox (Debian busybox-static) and its applet links."),
+    )
+    files: list[FileItem] = field(default_factory=list, metadata=setting("Host files to copy in."))
+    trees: list[TreeItem] = field(default_factory=list, metadata=setting("Host directories to copy in."))
+    binaries: list[Path] = field(
+        default_factory=list,
+        metadata=setting("Host ELF executables, copied with their shared-library closure at their host paths.",
+                         check=_files, example='["/usr/bin/python3.11"]'),
+    )
+    nodes: list[NodeItem] = field(
+        default_factory=list,
+        metadata=setting("Device nodes, FIFOs and sockets (no root needed). /dev/console is always added."),
+    )
+    symlinks: list[SymlinkItem] = field(default_factory=list, metadata=setting("Symbolic links."))
+    compression: Compression = field(
+        default=Compression.AUTO,
+        metadata=setting("Compression of the main archive. auto: the best the kernel's .config enables "
+                         "(zstd > xz > lz4 > gzip > none); gzip when [kernel] config is unset."),
+    )
+    microcode: list[Path] = field(
+        default_factory=list,
+        metadata=setting("CPU microcode (GenuineIntel.bin / AuthenticAMD.bin) for the early uncompressed "
+                         "segment, placed at kernel/x86/microcode/<name>.", check=_microcode),
+    )
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class DevicetreeSpec:
+    """Settings arrive with the device-tree stage."""
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class AcpiSpec:
+    """Settings arrive with the ACPI stage."""
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    name: str | None = field(
+        default=None,
+        metadata=setting("Multikernel instance name.", check=lambda v: None if v is None else matches(NAME_RE, "a name")(v)),
+    )
+    id: int | None = field(
+        default=None,
+        metadata=setting(
+            "Multikernel instance id (KEXEC_MK_ID, 11 bits).",
+            check=lambda v: None if v is None else in_range(1, 2047)(v),
+        ),
+    )
+    profile: AbiProfile = field(
+        default=AbiProfile.NONE,
+        metadata=setting("Multikernel ABI profile the spawn targets (see multikernel-abi.md)."),
+    )
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class BundleSpec:
+    key: KeyRef | None = field(
+        default=None,
+        metadata=setting(
+            "Private key (PEM path, relative to the recipe) that signs the bundle at build time.",
+            example='"keys/release.pem"',
+        ),
+    )
+    passphrase_file: Path | None = field(
+        default=None,
+        metadata=setting("File holding the key's passphrase (first line).", check=_file),
+    )
+    passphrase_env: str = field(
+        default="MKSPAWN_KEY_PASSPHRASE",
+        metadata=setting("Environment variable holding the key's passphrase, if no file is given."),
+    )
+
+
+@section
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """Settings arrive with the QEMU check stage."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    metadata: Metadata
+    kernel: KernelSpec = field(default_factory=KernelSpec)
+    initramfs: InitramfsSpec = field(default_factory=InitramfsSpec)
+    devicetree: DevicetreeSpec = field(default_factory=DevicetreeSpec)
+    acpi: AcpiSpec = field(default_factory=AcpiSpec)
+    instance: InstanceSpec = field(default_factory=InstanceSpec)
+    bundle: BundleSpec = field(default_factory=BundleSpec)
+    check: CheckSpec = field(default_factory=CheckSpec)
+    path: Path | None = field(default=None, compare=False)
+
+
+SECTIONS: tuple[str, ...] = (
+    "metadata",
+    "kernel",
+    "initramfs",
+    "devicetree",
+    "acpi",
+    "instance",
+    "bundle",
+    "check",
+)
+
+__all__ = [
+    "AbiProfile",
+    "Arch",
+    "BundleSpec",
+    "CheckSpec",
+    "InitramfsSpec",
+    "InstanceSpec",
+    "KernelSpec",
+    "KeyRef",
+    "Metadata",
+    "Recipe",
+    "SECTIONS",
+]

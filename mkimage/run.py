@@ -1,0 +1,249 @@
+"""The one way this project starts child processes.
+
+argv lists only, stdin from /dev/null, an explicit environment, a timeout on every
+call, stderr captured so a failure can quote its tail.  A missing program names the
+Debian package that provides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mkimage.errors import ToolError
+
+log = logging.getLogger("mkspawn")
+
+# Which Debian package ships each tool we call, so "not found" can say what to install.
+TOOL_PACKAGES: dict[str, str] = {
+    "cpio": "cpio",
+    "dtc": "device-tree-compiler",
+    "fdtget": "device-tree-compiler",
+    "iasl": "acpica-tools",
+    "sbsign": "sbsigntool",
+    "sbverify": "sbsigntool",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "busybox": "busybox-static",
+    "make": "make",
+    "gcc": "gcc",
+    "ccache": "ccache",
+    "tar": "tar",
+    "gzip": "gzip",
+    "xz": "xz-utils",
+    "zstd": "zstd",
+    "lz4": "lz4",
+    "git": "git",
+    "patch": "patch",
+    "openssl": "openssl",
+}
+
+STDERR_TAIL_LINES = 20
+
+# The baseline environment of every child: no locale surprises, nothing inherited by
+# accident.  Callers add what a tool needs (SOURCE_DATE_EPOCH, KBUILD_BUILD_*, ...).
+BASE_ENV_KEYS = ("PATH", "HOME", "TMPDIR", "CCACHE_DIR")
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+    env["LC_ALL"] = "C.UTF-8"
+    env["TZ"] = "UTC"
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def which(tool: str) -> str:
+    """Absolute path of ``tool`` or a ToolError naming the package to install."""
+    found = shutil.which(tool)
+    if found is None:
+        pkg = TOOL_PACKAGES.get(tool)
+        hint = f"install the Debian package '{pkg}'" if pkg else None
+        raise ToolError(
+            f"{tool}: not found on PATH" + (f" ({hint})" if hint else ""),
+            argv=[tool],
+            returncode=127,
+            code="tool-missing",
+            hint=hint,
+        )
+    return found
+
+
+def _tail(data: bytes, lines: int = STDERR_TAIL_LINES) -> str:
+    text = data.decode("utf-8", "replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _describe_status(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    stage: str,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    stdin_path: Path | None = None,
+    stdout_path: Path | None = None,
+) -> Completed:
+    """Run a program to completion.
+
+    ``stdout_path`` streams stdout to a file (for large outputs such as compressed
+    archives); otherwise stdout is captured.
+    """
+    args = [str(a) for a in argv]
+    args[0] = which(args[0]) if "/" not in args[0] else args[0]
+    log.debug("$ %s", shlex.join(args))
+    full_env = base_env(env)
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    stdout = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    try:
+        proc = subprocess.run(
+            args,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise ToolError(
+            f"{stage}: {Path(args[0]).name} timed out after {timeout_s:g}s",
+            argv=args,
+            stderr_tail=_tail(e.stderr or b""),
+            code="tool-timeout",
+        ) from e
+    finally:
+        for f in (stdin, stdout):
+            if hasattr(f, "close"):
+                f.close()  # type: ignore[union-attr]
+    result = Completed(args, proc.returncode, proc.stdout or b"", proc.stderr or b"")
+    if check and proc.returncode != 0:
+        tail = _tail(proc.stderr)
+        raise ToolError(
+            f"{stage}: {Path(args[0]).name} {_describe_status(proc.returncode)}"
+            + (f": {tail.splitlines()[-1]}" if tail else ""),
+            argv=args,
+            returncode=proc.returncode,
+            stderr_tail=tail,
+        )
+    return result
+
+
+def tool_version(tool: str, *args: str) -> str:
+    """First line a tool prints about its version, for build provenance."""
+    try:
+        done = run([tool, *(args or ("--version",))], stage="provenance", timeout_s=30, check=False)
+    except ToolError:
+        return "missing"
+    text = (done.stdout or done.stderr).decode("utf-8", "replace").strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def run_streaming(
+    argv: Sequence[str | Path],
+    *,
+    stage: str,
+    timeout_s: float,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Run a long program, teeing stdout and stderr (merged, in order) to ``log_path``.
+
+    ``on_line`` sees each output line as it arrives (for progress).  The child gets
+    its own process group so a timeout or an interrupt also ends its children (make's
+    compilers).  A failure raises ToolError citing the log and quoting its tail.
+    """
+    args = [str(a) for a in argv]
+    args[0] = which(args[0]) if "/" not in args[0] else args[0]
+    log.debug("$ %s", shlex.join(args))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    timed_out = threading.Event()
+    with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=base_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+        def expire() -> None:
+            timed_out.set()
+            _kill_group(proc)
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                log_file.write(line + "\n")
+                tail.append(line)
+                if on_line is not None:
+                    on_line(line)
+            rc = proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    text = "\n".join(tail)
+    name = Path(args[0]).name
+    if timed_out.is_set():
+        raise ToolError(
+            f"{stage}: {name} timed out after {timeout_s:g}s (log: {log_path})",
+            argv=args,
+            stderr_tail=text,
+            code="tool-timeout",
+        )
+    if rc != 0:
+        raise ToolError(
+            f"{stage}: {name} {_describe_status(rc)} (log: {log_path})"
+            + (f": {tail[-1]}" if tail else ""),
+            argv=args,
+            returncode=rc,
+            stderr_tail=text,
+        )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
