@@ -1,0 +1,243 @@
+"""`mkspawn build`: recipe → stage outputs → one signed, deterministic bundle file.
+
+The build plans everything first (key loaded, inputs read, contract checked), then
+writes the bundle through a temp file so a failure never leaves a partial bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mkimage import __version__
+from mkimage.bundle.container import write_bundle
+from mkimage.bundle.manifest import (
+    Component,
+    Input,
+    InputKind,
+    Manifest,
+    Provenance,
+    Role,
+    Signature,
+)
+from mkimage.errors import InputError, MkspawnError
+from mkimage.kernel.contract import check_image
+from mkimage.kernel.release import kernel_release
+from mkimage.outputs import atomic_output
+from mkimage.recipe.model import AbiProfile, Arch, Recipe
+from mkimage.signing.keys import PrivateKey, key_id, sign_bytes
+
+log = logging.getLogger("mkspawn")
+
+CHUNK = 1 << 20
+
+# Media types name the bytes, not the role: a loader can tell a bzImage from an
+# arm64 Image, or a zstd initrd from a plain cpio, without sniffing.
+KERNEL_MEDIA = {Arch.X86_64: "application/vnd.linux.bzimage", Arch.ARM64: "application/vnd.linux.arm64-image"}
+VMLINUX_MEDIA = "application/vnd.linux.vmlinux+elf"
+CONFIG_MEDIA = "text/x-kconfig"
+CMDLINE_MEDIA = "text/plain"
+INITRD_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"070701", "application/x-cpio"),
+    (b"070702", "application/x-cpio"),
+    (b"\x1f\x8b", "application/x-cpio+gzip"),
+    (b"\xfd7zXZ\x00", "application/x-cpio+xz"),
+    (b"\x28\xb5\x2f\xfd", "application/x-cpio+zstd"),
+    (b"\x02\x21\x4c\x18", "application/x-cpio+lz4"),
+    (b"BZh", "application/x-cpio+bzip2"),
+    (b"\x5d\x00", "application/x-cpio+lzma"),
+)
+
+
+class BundleBuildError(MkspawnError):
+    code = "build-failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """A file that becomes one bundle component."""
+
+    role: Role
+    name: str  # the member path inside the bundle
+    source: Path
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    path: Path
+    size: int
+    sha256: str
+    manifest: Manifest
+    signed_by: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Plan:
+    files: list[StagedFile] = field(default_factory=list)
+    inputs: list[Input] = field(default_factory=list)
+    tools: dict[str, str] = field(default_factory=dict)
+    config_sha256: str = ""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _readable(path: Path, key: str) -> Path:
+    if not path.is_file():
+        raise InputError(f"[{key.split('.')[0]}] {key.split('.', 1)[1]}: no such file: {path}", code="no-such-file")
+    return path
+
+
+def initrd_media_type(head: bytes) -> str:
+    for magic, media in INITRD_MAGICS:
+        if head.startswith(magic):
+            return media
+    return "application/octet-stream"
+
+
+def _stage_kernel(recipe: Recipe, plan: _Plan) -> Path:
+    spec = recipe.kernel
+    assert spec.image is not None  # the loader requires it
+    image = _readable(spec.image, "kernel.image")
+    plan.files.append(StagedFile(Role.KERNEL, _kernel_name(recipe.metadata.arch), image,
+                                 KERNEL_MEDIA[recipe.metadata.arch]))
+    plan.inputs.append(Input(InputKind.PREBUILT, f"kernel/{image.name}", file_sha256(image)))
+    if spec.vmlinux is not None:
+        vmlinux = _readable(spec.vmlinux, "kernel.vmlinux")
+        plan.files.append(StagedFile(Role.VMLINUX, "vmlinux", vmlinux, VMLINUX_MEDIA))
+        plan.inputs.append(Input(InputKind.PREBUILT, f"vmlinux/{vmlinux.name}", file_sha256(vmlinux)))
+    if spec.config is not None:
+        config = _readable(spec.config, "kernel.config")
+        plan.config_sha256 = file_sha256(config)
+        plan.files.append(StagedFile(Role.CONFIG, "config", config, CONFIG_MEDIA))
+    return image
+
+
+def _kernel_name(arch: Arch) -> str:
+    return "bzImage" if arch is Arch.X86_64 else "Image"
+
+
+def _stage_initrd(recipe: Recipe, plan: _Plan) -> None:
+    image = recipe.initramfs.image
+    if image is None:
+        return
+    image = _readable(image, "initramfs.image")
+    with image.open("rb") as f:
+        media = initrd_media_type(f.read(8))
+    plan.files.append(StagedFile(Role.INITRD, "initrd", image, media))
+    plan.inputs.append(Input(InputKind.PREBUILT, f"initrd/{image.name}", file_sha256(image)))
+
+
+def _stage_cmdline(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
+    path = work_dir / "cmdline"
+    path.write_bytes(recipe.kernel.cmdline.encode("utf-8"))
+    plan.files.append(StagedFile(Role.CMDLINE, "cmdline", path, CMDLINE_MEDIA))
+
+
+def _check_contract(recipe: Recipe, plan: _Plan) -> None:
+    """Refuse a kernel the target loader would reject, before anything is written."""
+    profile = recipe.instance.profile
+    by_role = {f.role: f.source for f in plan.files}
+    target = by_role[Role.KERNEL]
+    if profile is AbiProfile.MK2 or (profile is AbiProfile.MK_MASTER and Role.VMLINUX in by_role):
+        if Role.VMLINUX not in by_role:
+            raise InputError(f"[kernel] vmlinux: profile '{profile}' loads an ELF vmlinux; set kernel.vmlinux",
+                             code="missing-vmlinux")
+        target = by_role[Role.VMLINUX]
+    report = check_image(target, abi_profile=profile.value, arch=recipe.metadata.arch.value,
+                         cmdline=recipe.kernel.cmdline.encode())
+    if not report.ok:
+        first = report.failures[0]
+        raise BundleBuildError(
+            f"{target.name}: fails the {profile} loader contract: {first.name}: {first.detail}",
+            code="contract-failed",
+        )
+
+
+def _release(kernel: Path) -> str:
+    return kernel_release(kernel.read_bytes())
+
+
+def _recipe_input(recipe: Recipe) -> Input:
+    assert recipe.path is not None
+    return Input(InputKind.RECIPE, recipe.path.name, file_sha256(recipe.path))
+
+
+def _tools() -> dict[str, str]:
+    return {
+        "python": sys.version.split()[0],
+        "cryptography": importlib.metadata.version("cryptography"),
+    }
+
+
+def plan_manifest(recipe: Recipe, work_dir: Path) -> tuple[Manifest, list[StagedFile]]:
+    plan = _Plan(tools=_tools())
+    plan.inputs.append(_recipe_input(recipe))
+    kernel = _stage_kernel(recipe, plan)
+    _stage_initrd(recipe, plan)
+    _stage_cmdline(recipe, plan, work_dir)
+    _check_contract(recipe, plan)
+    components = [
+        Component(role=f.role, path=f.name, size=f.source.stat().st_size, sha256=file_sha256(f.source),
+                  media_type=f.media_type)
+        for f in plan.files
+    ]
+    epoch = recipe.metadata.source_date_epoch
+    assert epoch is not None  # the loader resolves it
+    manifest = Manifest.build(
+        recipe_name=recipe.metadata.name,
+        recipe_version=recipe.metadata.version,
+        arch=recipe.metadata.arch.value,  # type: ignore[arg-type]
+        abi_profile=recipe.instance.profile.value,  # type: ignore[arg-type]
+        kernel_release=_release(kernel),
+        components=components,
+        provenance=Provenance(
+            source_date_epoch=epoch,
+            mkspawn_version=__version__,
+            tools=plan.tools,
+            inputs=tuple(plan.inputs),
+            config_sha256=plan.config_sha256,
+        ),
+    )
+    return manifest, plan.files
+
+
+def make_signature(key: PrivateKey, manifest_bytes: bytes) -> bytes:
+    scheme, sig = sign_bytes(key, manifest_bytes)
+    return Signature(keyid=key_id(key.public_key()), scheme=scheme.value, sig=sig.hex()).to_bytes()  # type: ignore[arg-type]
+
+
+def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = ()) -> BuildResult:
+    with tempfile.TemporaryDirectory(prefix="mkspawn-build-") as tmp:
+        manifest, files = plan_manifest(recipe, Path(tmp))
+        manifest_bytes = manifest.to_bytes()
+        signatures = [make_signature(key, manifest_bytes) for key in signers]
+        with atomic_output(out) as f:
+            write_bundle(f, manifest_bytes, signatures, [(s.name, s.source) for s in files],
+                         manifest.provenance.source_date_epoch)
+    log.info("wrote %s", out)
+    return BuildResult(out, out.stat().st_size, file_sha256(out), manifest,
+                       tuple(key_id(k.public_key()) for k in signers))
+
+
+def summary(result: BuildResult) -> Mapping[str, object]:
+    return {
+        "bundle": str(result.path),
+        "size": result.size,
+        "sha256": result.sha256,
+        "recipe": f"{result.manifest.recipe_name} {result.manifest.recipe_version}",
+        "kernel_release": result.manifest.kernel_release,
+        "signed_by": list(result.signed_by),
+    }

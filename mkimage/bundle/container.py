@@ -1,0 +1,296 @@
+"""Bundle format v1: a canonical ustar archive holding a manifest, its signatures and the
+components the manifest names.
+
+Member order is fixed: ``manifest.json``, then ``signatures/<keyid>.sig`` sorted by name,
+then the components in manifest (path) order.  Reading is one streaming pass that checks
+every component's size and sha256 against the manifest.  No cryptography happens here:
+the signatures are returned with the exact manifest bytes they must be verified over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from mkimage.bundle.manifest import (
+    MANIFEST_MEMBER,
+    SIGNATURE_DIR,
+    Component,
+    Manifest,
+    Signature,
+)
+from mkimage.bundle.tarball import (
+    MTIME_FIELD_OFFSET,
+    SIZE_FIELD_OFFSET,
+    MemberHeader,
+    iter_data,
+    read_members,
+    write_archive,
+)
+from mkimage.errors import FormatError
+
+# Bounds on what is read into memory before anything is verified; real manifests are a
+# few KiB and the largest signature (RSA-4096 PSS) is about 1.1 KiB of JSON.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_SIGNATURE_BYTES = 64 << 10
+CHUNK_SIZE = 1 << 20
+
+# A component's data: a file, or a callable streaming it (e.g. from another bundle when
+# re-signing).  Called once, while the member is written.
+ComponentSource = Path | Callable[[], Iterable[bytes]]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class BundleContents:
+    """A structurally valid bundle: every component matched the manifest's size and sha256.
+
+    ``manifest_bytes`` are the bytes as read; signatures must be verified over them.
+    ``component_offsets`` maps each component path to its (data offset, size).
+    """
+
+    manifest_bytes: bytes
+    manifest: Manifest
+    signatures: tuple[tuple[bytes, Signature], ...]
+    component_offsets: Mapping[str, tuple[int, int]]
+
+
+def write_bundle(
+    out: BinaryIO,
+    manifest_bytes: bytes,
+    signatures: Sequence[bytes],
+    components: Sequence[tuple[str, ComponentSource]],
+    mtime: int,
+) -> int:
+    """Write a bundle to ``out`` and return its length.
+
+    ``signatures`` are encoded ``Signature`` documents; ``components`` pairs each manifest
+    path with the file (or stream) holding its data.  Anything inconsistent with the manifest is a
+    caller bug and raises ValueError, so a bundle the reader would reject is never
+    finished.
+    """
+    try:
+        manifest = Manifest.from_bytes(manifest_bytes)
+    except FormatError as e:
+        raise ValueError(f"manifest bytes are not a valid manifest: {e}") from e
+    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest is {len(manifest_bytes)} bytes, limit {MAX_MANIFEST_BYTES}")
+    if mtime != manifest.provenance.source_date_epoch:
+        raise ValueError(
+            f"mtime {mtime} differs from the manifest's source_date_epoch "
+            f"{manifest.provenance.source_date_epoch}"
+        )
+
+    signature_members: dict[str, bytes] = {}
+    for raw in signatures:
+        try:
+            signature = Signature.from_bytes(raw)
+        except FormatError as e:
+            raise ValueError(f"not a valid signature document: {e}") from e
+        if signature.member_name in signature_members:
+            raise ValueError(f"two signatures by key {signature.keyid}")
+        if len(raw) > MAX_SIGNATURE_BYTES:
+            raise ValueError(f"signature by {signature.keyid} exceeds {MAX_SIGNATURE_BYTES} bytes")
+        signature_members[signature.member_name] = raw
+
+    files = dict(components)
+    if len(files) != len(components):
+        raise ValueError("a component path is given twice")
+    expected = [component.path for component in manifest.components]
+    if sorted(files) != expected:
+        missing = sorted(set(expected) - set(files))
+        extra = sorted(set(files) - set(expected))
+        raise ValueError(f"components differ from the manifest: missing {missing}, extra {extra}")
+
+    members: list[tuple[str, int, Iterable[bytes]]] = [
+        (MANIFEST_MEMBER, len(manifest_bytes), [manifest_bytes])
+    ]
+    members += [(name, len(raw), [raw]) for name, raw in sorted(signature_members.items())]
+    members += [
+        (component.path, component.size, _source_chunks(files[component.path], component))
+        for component in manifest.components
+    ]
+    return write_archive(out, members, mtime)
+
+
+def _source_chunks(source: ComponentSource, component: Component) -> Iterator[bytes]:
+    """Stream a component, checking it still matches what the manifest promises."""
+    digest = hashlib.sha256()
+    chunks = _read_file(source) if isinstance(source, Path) else source()
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+    if digest.hexdigest() != component.sha256:
+        raise ValueError(
+            f"{source}: sha256 {digest.hexdigest()} differs from the manifest's "
+            f"{component.sha256} for {component.path!r}"
+        )
+
+
+def _read_file(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            yield chunk
+
+
+def read_bundle(f: BinaryIO) -> BundleContents:
+    """Read and structurally verify a bundle from a seekable stream; FormatError if invalid."""
+    start = f.tell()
+    members = read_members(f)
+    first = next(members, None)
+    if first is None:
+        raise FormatError(
+            f"the bundle is empty; {MANIFEST_MEMBER} must come first",
+            offset=start,
+            code="manifest-not-first",
+        )
+    if first.name != MANIFEST_MEMBER:
+        raise FormatError(
+            f"first member is {first.name!r}, expected {MANIFEST_MEMBER}",
+            offset=first.header_offset,
+            code="manifest-not-first",
+        )
+    if first.size > MAX_MANIFEST_BYTES:
+        raise FormatError(
+            f"{MANIFEST_MEMBER} is {first.size} bytes, limit {MAX_MANIFEST_BYTES}",
+            offset=first.header_offset,
+            code="manifest-too-large",
+        )
+    manifest_bytes = b"".join(iter_data(f, first))
+    manifest = _decode(
+        first, manifest_bytes, lambda data, base: Manifest.from_bytes(data, base_offset=base)
+    )
+    epoch = manifest.provenance.source_date_epoch
+    if first.mtime != epoch:
+        raise FormatError(
+            f"member mtime: observed {first.mtime}, expected the manifest's "
+            f"source_date_epoch {epoch}",
+            offset=first.header_offset + MTIME_FIELD_OFFSET,
+            code="non-canonical-header",
+        )
+
+    by_path = {component.path: component for component in manifest.components}
+    expected = iter(manifest.components)
+    pending = next(expected, None)
+    signatures: list[tuple[bytes, Signature]] = []
+    offsets: dict[str, tuple[int, int]] = {}
+    previous = first.name
+    for header in members:
+        if header.name.startswith(SIGNATURE_DIR):
+            if offsets or header.name < previous:
+                raise FormatError(
+                    f"signature member {header.name!r} is out of order",
+                    offset=header.header_offset,
+                    code="bad-member-order",
+                )
+            signatures.append(_read_signature(f, header))
+        else:
+            component = by_path.get(header.name)
+            if component is None:
+                raise FormatError(
+                    f"member {header.name!r} is not in the manifest",
+                    offset=header.header_offset,
+                    code="extra-member",
+                )
+            if pending is None or header.name != pending.path:
+                _raise_misplaced(header, pending)
+            _check_component(f, header, component)
+            offsets[header.name] = (header.data_offset, header.size)
+            pending = next(expected, None)
+        previous = header.name
+    if pending is not None:
+        raise FormatError(
+            f"component {pending.path!r} named in the manifest is missing",
+            code="missing-member",
+        )
+    return BundleContents(
+        manifest_bytes=manifest_bytes,
+        manifest=manifest,
+        signatures=tuple(signatures),
+        component_offsets=offsets,
+    )
+
+
+def iter_component(
+    f: BinaryIO, contents: BundleContents, path: str, chunk_size: int = CHUNK_SIZE
+) -> Iterator[bytes]:
+    """A component's data, re-read from ``f``; it is only as trustworthy as ``f`` is stable."""
+    offset, size = contents.component_offsets[path]
+    epoch = contents.manifest.provenance.source_date_epoch
+    header = MemberHeader(name=path, size=size, data_offset=offset, mtime=epoch)
+    return iter_data(f, header, chunk_size)
+
+
+def _decode(header: MemberHeader, data: bytes, decode: Callable[[bytes, int], _T]) -> _T:
+    try:
+        return decode(data, header.data_offset)
+    except FormatError as e:
+        if e.offset is not None:
+            raise
+        # Field errors carry no offset of their own; point at the member they came from.
+        raise FormatError(
+            f"{header.name}: {e.message}", offset=header.data_offset, code=e.code
+        ) from e
+
+
+def _read_signature(f: BinaryIO, header: MemberHeader) -> tuple[bytes, Signature]:
+    if header.size > MAX_SIGNATURE_BYTES:
+        raise FormatError(
+            f"signature member {header.name!r} is {header.size} bytes, "
+            f"limit {MAX_SIGNATURE_BYTES}",
+            offset=header.header_offset,
+            code="bad-signature-member",
+        )
+    raw = b"".join(iter_data(f, header))
+    signature = _decode(
+        header,
+        raw,
+        lambda data, base: Signature.from_bytes(data, what=header.name, base_offset=base),
+    )
+    if signature.member_name != header.name:
+        raise FormatError(
+            f"signature member name: observed {header.name!r}, "
+            f"expected {signature.member_name!r} for its keyid",
+            offset=header.header_offset,
+            code="bad-signature-member",
+        )
+    return raw, signature
+
+
+def _raise_misplaced(header: MemberHeader, pending: Component | None) -> None:
+    # Both sequences are sorted, so a name past the pending one means it was skipped.
+    if pending is not None and header.name > pending.path:
+        raise FormatError(
+            f"component {pending.path!r} named in the manifest is missing "
+            f"(expected before {header.name!r})",
+            offset=header.header_offset,
+            code="missing-member",
+        )
+    raise FormatError(
+        f"member {header.name!r} is out of order",
+        offset=header.header_offset,
+        code="bad-member-order",
+    )
+
+
+def _check_component(f: BinaryIO, header: MemberHeader, component: Component) -> None:
+    if header.size != component.size:
+        raise FormatError(
+            f"member {header.name!r} size: observed {header.size}, expected {component.size}",
+            offset=header.header_offset + SIZE_FIELD_OFFSET,
+            code="size-mismatch",
+        )
+    digest = hashlib.sha256()
+    for chunk in iter_data(f, header):
+        digest.update(chunk)
+    if digest.hexdigest() != component.sha256:
+        raise FormatError(
+            f"member {header.name!r} sha256: observed {digest.hexdigest()}, "
+            f"expected {component.sha256}",
+            offset=header.data_offset,
+            code="digest-mismatch",
+        )

@@ -1,0 +1,39 @@
+"""`mkspawn sign`: add signatures to an existing bundle.
+
+The manifest bytes are kept exactly; only signature members change, so a bundle
+signed by several parties (CI, then a release key) stays byte-identical elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+from mkimage.bundle.build import make_signature
+from mkimage.bundle.container import iter_component, write_bundle
+from mkimage.bundle.manifest import Signature
+from mkimage.bundle.verify import open_bundle
+from mkimage.errors import InputError
+from mkimage.outputs import atomic_output
+from mkimage.signing.keys import PrivateKey
+
+
+def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey]) -> None:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open bundle: {e.strerror}", code="no-such-file") from None
+    with f:
+        contents = open_bundle(f, path)
+        by_keyid: dict[str, bytes] = {sig.keyid: raw for raw, sig in contents.signatures}
+        for key in signers:
+            raw = make_signature(key, contents.manifest_bytes)
+            by_keyid[Signature.from_bytes(raw).keyid] = raw
+        components = [
+            (c.path, functools.partial(iter_component, f, contents, c.path))
+            for c in contents.manifest.components
+        ]
+        with atomic_output(out) as dest:
+            write_bundle(dest, contents.manifest_bytes, list(by_keyid.values()), components,
+                         contents.manifest.provenance.source_date_epoch)

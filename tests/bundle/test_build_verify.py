@@ -1,0 +1,298 @@
+"""End to end through the CLI: build → verify/inspect/sign, determinism, tamper and trust errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mkimage.bundle.build import make_signature
+from mkimage.bundle.container import write_bundle
+from mkimage.bundle.manifest import Component, Manifest, Provenance, Role
+from mkimage.bundle.verify import verify_bundle
+from mkimage.errors import ExitCode, MkspawnError, VerifyError
+from mkimage.signing.keys import PassphraseSource, load_private_key
+from mkimage.signing.trust import load_trust_store
+
+KEYS = Path(__file__).resolve().parents[1] / "data" / "keys"
+EPOCH = 1_700_000_000
+
+
+def mkspawn(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    full_env = {"PATH": os.environ["PATH"], "HOME": str(cwd or Path.cwd()), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mkimage", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=120)
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], code: int) -> str:
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.fixture
+def trust(tmp_path: Path) -> Path:
+    d = tmp_path / "trust"
+    d.mkdir()
+    shutil.copy(KEYS / "test-ed25519.pub.pem", d)
+    return d
+
+
+def write_recipe(directory: Path, kernel: Path, *, version: str = "1.0.0", extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(kernel, directory / "bzImage")
+    (directory / "initrd.cpio").write_bytes(b"070701" + b"0" * 104)
+    recipe = directory / "spawn.toml"
+    recipe.write_text(f"""
+[metadata]
+name = "demo"
+version = "{version}"
+source_date_epoch = {EPOCH}
+[kernel]
+image = "bzImage"
+cmdline = "console=ttyS0 panic=-1"
+[initramfs]
+image = "initrd.cpio"
+{extra}
+""")
+    return recipe
+
+
+@pytest.fixture
+def built(tmp_path: Path, synthetic_kernel: Path) -> Path:
+    recipe = write_recipe(tmp_path / "a", synthetic_kernel)
+    out = tmp_path / "demo.mkb"
+    done = mkspawn("build", recipe, "-o", out, "--key", KEYS / "test-ed25519.pem")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_round_trip_build_verify_inspect(built: Path, trust: Path) -> None:
+    done = mkspawn("verify", built, "--trust", trust, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    assert [s["status"] for s in report["signatures"]] == ["trusted"]
+    roles = {c["role"]: c for c in report["components"]}
+    assert set(roles) == {"kernel", "initrd", "cmdline"}
+    assert roles["initrd"]["media_type"] == "application/x-cpio"
+    assert report["cmdline"] == "console=ttyS0 panic=-1"
+    assert report["provenance"]["source_date_epoch"] == EPOCH
+    text = mkspawn("inspect", built, "--trust", trust)
+    assert text.returncode == 0 and "console=ttyS0 panic=-1" in text.stdout and "trusted" in text.stdout
+
+
+def test_gnu_tar_lists_the_bundle(built: Path) -> None:
+    listing = subprocess.run(["tar", "-tvf", str(built)], capture_output=True, text=True, check=True).stdout
+    names = [line.split()[-1] for line in listing.splitlines()]
+    assert names[0] == "manifest.json"
+    assert names[1].startswith("signatures/") and names[1].endswith(".sig")
+    assert names[2:] == ["bzImage", "cmdline", "initrd"]
+    assert all(line.startswith("-rw-r--r-- root/root") for line in listing.splitlines())
+
+
+def test_same_inputs_same_bytes_and_changed_input_differs(tmp_path: Path, synthetic_kernel: Path) -> None:
+    outs = []
+    for sub in ("one", "two/deeper"):
+        recipe = write_recipe(tmp_path / sub, synthetic_kernel)
+        out = tmp_path / sub / "b.mkb"
+        assert mkspawn("build", recipe, "-o", out, "--key", KEYS / "test-ed25519.pem").returncode == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    changed = write_recipe(tmp_path / "three", synthetic_kernel)
+    (tmp_path / "three" / "initrd.cpio").write_bytes(b"070701" + b"1" * 104)
+    out = tmp_path / "three" / "b.mkb"
+    assert mkspawn("build", changed, "-o", out, "--key", KEYS / "test-ed25519.pem").returncode == 0
+    assert out.read_bytes() != outs[0]
+
+
+def test_source_date_epoch_from_env_reaches_the_bundle(tmp_path: Path, synthetic_kernel: Path) -> None:
+    recipe = write_recipe(tmp_path, synthetic_kernel)
+    recipe.write_text(recipe.read_text().replace(f"source_date_epoch = {EPOCH}\n", ""))
+    a, b = tmp_path / "a.mkb", tmp_path / "b.mkb"
+    assert mkspawn("build", recipe, "-o", a, env={"SOURCE_DATE_EPOCH": "12345"}).returncode == 0
+    assert mkspawn("build", recipe, "-o", b, env={"SOURCE_DATE_EPOCH": "12346"}).returncode == 0
+    assert a.read_bytes() != b.read_bytes()
+    report = json.loads(mkspawn("inspect", a, "--json").stdout)
+    assert report["provenance"]["source_date_epoch"] == 12345
+
+
+def small_bundle(tmp_path: Path) -> Path:
+    """A few hundred bytes of components, signed, written by the real writer."""
+    parts = {"cmdline": b"console=ttyS0", "initrd": b"070701" + b"0" * 58}
+    files = []
+    for name, data in parts.items():
+        (tmp_path / name).write_bytes(data)
+        files.append((name, tmp_path / name))
+    import hashlib
+    manifest = Manifest.build(
+        recipe_name="flip", recipe_version="1.0", arch="x86_64", abi_profile="none",  # type: ignore[arg-type]
+        kernel_release="6.12.0",
+        components=[Component(Role(name), name, len(data), hashlib.sha256(data).hexdigest(),
+                              "text/plain" if name == "cmdline" else "application/x-cpio")
+                    for name, data in parts.items()],
+        provenance=Provenance(source_date_epoch=EPOCH, mkspawn_version="test", tools={}, inputs=(),
+                              config_sha256=""),
+    )
+    mbytes = manifest.to_bytes()
+    key = load_private_key(KEYS / "test-ed25519.pem", PassphraseSource(), {})
+    out = tmp_path / "small.mkb"
+    with out.open("wb") as f:
+        write_bundle(f, mbytes, [make_signature(key, mbytes)], files, EPOCH)
+    return out
+
+
+def test_every_single_byte_flip_is_rejected(tmp_path: Path, trust: Path) -> None:
+    bundle = small_bundle(tmp_path)
+    store = load_trust_store(trust, must_exist=True)
+    verify_bundle(bundle, store)  # the pristine bundle is accepted
+    data = bundle.read_bytes()
+    flipped = tmp_path / "flipped.mkb"
+    accepted = []
+    for i in range(len(data)):
+        variant = bytearray(data)
+        variant[i] ^= 0x01
+        flipped.write_bytes(variant)
+        try:
+            verify_bundle(flipped, store)
+            accepted.append(i)
+        except VerifyError:
+            pass
+    print(f"byte-flip: {len(data)} variants, {len(data) - len(accepted)} rejected")
+    assert accepted == []
+
+
+def test_distinct_errors(tmp_path: Path, built: Path, trust: Path) -> None:
+    other = tmp_path / "other-trust"
+    other.mkdir()
+    shutil.copy(KEYS / "other-ed25519.pub.pem", other)
+    assert "untrusted-key" in one_error_line(mkspawn("verify", built, "--trust", other), ExitCode.VERIFY_REJECTED)
+
+    data = built.read_bytes()
+    cases = {
+        "truncated": data[: len(data) - 700],
+        "trailing-data": data + b"garbage",
+    }
+    for code, variant in cases.items():
+        path = tmp_path / f"{code}.mkb"
+        path.write_bytes(variant)
+        line = one_error_line(mkspawn("verify", path, "--trust", trust), ExitCode.VERIFY_REJECTED)
+        assert line.endswith(f"[{code}]"), line
+        assert str(path) in line
+
+    unsigned = tmp_path / "unsigned.mkb"
+    recipe = write_recipe(tmp_path / "u", Path(built.parent / "a" / "bzImage"))
+    assert mkspawn("build", recipe, "-o", unsigned).returncode == 0
+    assert one_error_line(mkspawn("verify", unsigned, "--trust", trust), 3).endswith("[unsigned]")
+
+    missing_trust = one_error_line(mkspawn("verify", built, "--trust", tmp_path / "nope"), ExitCode.USAGE)
+    assert "trust store directory does not exist" in missing_trust
+
+
+def test_wrong_key_signature_is_rejected(tmp_path: Path, built: Path, trust: Path) -> None:
+    """A signature member that claims the trusted key id but was made by another key."""
+    from mkimage.bundle.container import read_bundle
+    from mkimage.bundle.manifest import Signature
+
+    with built.open("rb") as f:
+        contents = read_bundle(f)
+    other = load_private_key(KEYS / "other-ed25519.pem", PassphraseSource(), {})
+    forged = Signature.from_bytes(make_signature(other, contents.manifest_bytes))
+    trusted_id = contents.signatures[0][1].keyid
+    data = built.read_bytes()
+    old = contents.signatures[0][1].sig
+    assert data.count(old.encode()) == 1
+    tampered = tmp_path / "forged.mkb"
+    tampered.write_bytes(data.replace(old.encode(), forged.sig.encode()))
+    line = one_error_line(mkspawn("verify", tampered, "--trust", trust), 3)
+    assert line.endswith("[bad-signature]") and trusted_id[:16] in line
+
+
+def test_sign_adds_a_second_signature_keeping_the_rest(tmp_path: Path, built: Path, trust: Path) -> None:
+    from mkimage.bundle.container import read_bundle
+
+    with built.open("rb") as f:
+        before = read_bundle(f)
+    data_before = built.read_bytes()
+    assert mkspawn("sign", built, "--key", KEYS / "other-ed25519.pem").returncode == 0
+    with built.open("rb") as f:
+        after = read_bundle(f)
+    data_after = built.read_bytes()
+    report = json.loads(mkspawn("inspect", built, "--trust", trust, "--json").stdout)
+    assert sorted(s["status"] for s in report["signatures"]) == ["trusted", "untrusted"]
+    assert after.manifest_bytes == before.manifest_bytes
+    assert before.signatures[0] in after.signatures and len(after.signatures) == 2
+    for path, (offset, size) in before.component_offsets.items():
+        new_offset, new_size = after.component_offsets[path]
+        assert data_after[new_offset:new_offset + new_size] == data_before[offset:offset + size]
+    assert mkspawn("verify", built, "--trust", trust).returncode == 0
+
+
+def test_rollback_state(tmp_path: Path, synthetic_kernel: Path, trust: Path) -> None:
+    state = tmp_path / "state.json"
+    bundles = {}
+    for version in ("1.2.0", "1.10.0", "1.9.9"):
+        recipe = write_recipe(tmp_path / version, synthetic_kernel, version=version)
+        bundles[version] = tmp_path / f"{version}.mkb"
+        assert mkspawn("build", recipe, "-o", bundles[version], "--key", KEYS / "test-ed25519.pem").returncode == 0
+    assert mkspawn("verify", bundles["1.2.0"], "--trust", trust, "--state", state).returncode == 0
+    assert mkspawn("verify", bundles["1.10.0"], "--trust", trust, "--state", state).returncode == 0
+    line = one_error_line(mkspawn("verify", bundles["1.9.9"], "--trust", trust, "--state", state),
+                          ExitCode.ROLLBACK)
+    assert "older than the verified 1.10.0" in line and line.endswith("[rollback]")
+    assert json.loads(state.read_text())["recipes"] == {"demo": "1.10.0"}
+    # re-verifying the current version is fine
+    assert mkspawn("verify", bundles["1.10.0"], "--trust", trust, "--state", state).returncode == 0
+
+
+def test_failed_build_leaves_no_output(tmp_path: Path, synthetic_kernel: Path) -> None:
+    recipe = write_recipe(tmp_path, synthetic_kernel)
+    (tmp_path / "not-a-kernel").write_bytes(b"\x7fELF" + b"\0" * 2000)
+    out = tmp_path / "out.mkb"
+    line = one_error_line(mkspawn("build", recipe, "-o", out, "--set", "kernel.image=not-a-kernel", cwd=tmp_path),
+                          ExitCode.STAGE_FAILED)
+    assert "contract" in line
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.mkb")] == []
+
+
+def test_encrypted_key_needs_its_passphrase(tmp_path: Path, synthetic_kernel: Path, trust: Path) -> None:
+    pass_file = tmp_path / "pass"
+    pass_file.write_text("correct horse\n")
+    key = tmp_path / "k.pem"
+    assert mkspawn("keygen", "-o", key, "--algorithm", "ecdsa-p256", "--passphrase-file", pass_file).returncode == 0
+    assert (key.stat().st_mode & 0o777) == 0o600
+    assert b"ENCRYPTED" in key.read_bytes()
+    recipe = write_recipe(tmp_path / "r", synthetic_kernel)
+    out = tmp_path / "o.mkb"
+    line = one_error_line(mkspawn("build", recipe, "-o", out, "--key", key), ExitCode.USAGE)
+    assert "encrypted" in line and "correct horse" not in line
+    done = mkspawn("build", recipe, "-o", out, "--key", key, env={"MKSPAWN_KEY_PASSPHRASE": "correct horse"})
+    assert done.returncode == 0, done.stderr
+    shutil.copy(tmp_path / "k.pub.pem", trust)
+    assert mkspawn("verify", out, "--trust", trust).returncode == 0
+
+
+@pytest.mark.parametrize("algorithm", ["ed25519", "ecdsa-p256", "ecdsa-p384", "rsa3072"])
+def test_every_key_algorithm_signs_and_verifies(tmp_path: Path, built: Path, algorithm: str) -> None:
+    key = tmp_path / f"{algorithm}.pem"
+    assert mkspawn("keygen", "-o", key, "--algorithm", algorithm).returncode == 0
+    assert mkspawn("sign", built, "--key", key).returncode == 0
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(tmp_path / f"{algorithm}.pub.pem", store)
+    report = verify_bundle(built, load_trust_store(store, must_exist=True))
+    assert len(report.trusted_by) == 1
+
+
+def test_library_errors_are_project_errors(tmp_path: Path) -> None:
+    with pytest.raises(MkspawnError):
+        verify_bundle(tmp_path / "missing.mkb", load_trust_store(tmp_path, must_exist=True))
