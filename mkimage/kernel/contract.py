@@ -26,6 +26,7 @@ from mkimage.kernel import arm64_image, elfnote, setup_header
 from mkimage.kernel.arm64_image import Arm64ImageHeader
 from mkimage.kernel.elfnote import ElfInfo
 from mkimage.kernel.setup_header import SetupHeader
+from mkimage.recipe.model import AbiProfile, Arch
 
 # kexec-bzimage64.c: "File is too short to be a bzImage" below this many bytes.
 BZIMAGE_MIN_SIZE = 1024
@@ -34,26 +35,11 @@ BZIMAGE_MIN_SIZE = 1024
 CMDLINE_RESERVED = 30
 
 
-class AbiProfile(enum.StrEnum):
-    """Which multikernel generation's loader will receive the image."""
-
-    NONE = "none"  # stock kexec_file_load
-    V2 = "v2"  # stock bzImage64 loader + KHO
-    MK2 = "mk2"  # ELF vmlinux with note type 0x4d4b
-    MK_MASTER = "mk-master"  # ELF vmlinux with note 0x4D4B0002, or a raw bzImage
-
-    def note_type(self) -> int | None:
-        """The multikernel note type this profile's ELF loader looks for."""
-        if self is AbiProfile.MK2:
-            return elfnote.MK_NOTE_TYPE_MK2
-        if self is AbiProfile.MK_MASTER:
-            return elfnote.MK_NOTE_TYPE_MK_MASTER
-        return None
-
-
-class Arch(enum.StrEnum):
-    X86_64 = "x86_64"
-    ARM64 = "arm64"
+# The multikernel note type each profile's ELF loader looks for (multikernel-abi.md §9).
+NOTE_TYPES: dict[AbiProfile, int] = {
+    AbiProfile.MK2: elfnote.MK_NOTE_TYPE_MK2,
+    AbiProfile.MK_MASTER: elfnote.MK_NOTE_TYPE_MK_MASTER,
+}
 
 
 class ImageKind(enum.StrEnum):
@@ -299,7 +285,7 @@ def _describe_note_types(info: ElfInfo) -> str:
 
 
 def _check_mk_note(info: ElfInfo, profile: AbiProfile, rules: _Rules) -> None:
-    wanted = profile.note_type()
+    wanted = NOTE_TYPES.get(profile)
     assert wanted is not None  # only ELF profiles get here
     mk_notes = elfnote.multikernel_notes(info)
     match = [n for n in mk_notes if n.type == wanted]

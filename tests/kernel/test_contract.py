@@ -19,6 +19,7 @@ from mkimage.kernel.contract import (
     AbiProfile,
     Arch,
     ContractReport,
+    NOTE_TYPES,
     ImageKind,
     RuleName,
     check_image,
@@ -330,7 +331,7 @@ def test_gcc_linked_elf_with_note(
 ) -> None:
     """A real toolchain's output: ld puts the note section into a PT_NOTE segment."""
     source = tmp_path / "vmlinux.c"
-    source.write_text(C_SOURCE.replace("NOTE_TYPE", f"0x{profile.note_type():x}"))
+    source.write_text(C_SOURCE.replace("NOTE_TYPE", f"0x{NOTE_TYPES[profile]:x}"))
     out = tmp_path / "vmlinux"
     run([cc, "-O1", *link_flags, "-o", out, source], stage="test", timeout_s=120)
     report = check_image(out, abi_profile=profile, arch="x86_64")
