@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ def run(
     finally:
         for f in (stdin, stdout):
             if hasattr(f, "close"):
-                f.close()  # type: ignore[union-attr]
+                f.close()
     result = Completed(args, proc.returncode, proc.stdout or b"", proc.stderr or b"")
     if check and proc.returncode != 0:
         tail = _tail(proc.stderr)
@@ -247,3 +248,79 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """How a streamed program ended: its status (None when we killed it), whether the
+    deadline fired, whether ``on_line`` asked to stop, and the wall time taken."""
+
+    argv: list[str]
+    returncode: int | None
+    timed_out: bool
+    stopped: bool
+    elapsed_s: float
+
+
+def run_until(
+    argv: Sequence[str | Path],
+    *,
+    stage: str,
+    timeout_s: float,
+    log_path: Path,
+    on_line: Callable[[float, str], bool] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Streamed:
+    """Run a program whose output is evidence (a VM's serial console) under a deadline.
+
+    stdout and stderr are merged and teed line by line to ``log_path`` as they arrive.
+    ``on_line(t, line)`` sees each line with the seconds since start; returning True
+    ends the program at once.  Unlike ``run_streaming`` a non-zero status is not an
+    error here: the caller judges the output.  Whatever happens — exit, deadline, stop,
+    an exception or an interrupt in the caller — the whole process group is killed and
+    reaped before this returns, so no child outlives the call.
+    """
+    args = [str(a) for a in argv]
+    args[0] = which(args[0]) if "/" not in args[0] else args[0]
+    log.debug("$ %s", shlex.join(args))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    timed_out = threading.Event()
+    stopped = False
+    start = time.monotonic()
+    with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=base_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+        def expire() -> None:
+            timed_out.set()
+            _kill_group(proc)
+
+        timer = threading.Timer(timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                log_file.write(line + "\n")
+                log_file.flush()
+                if on_line is not None and on_line(time.monotonic() - start, line):
+                    stopped = True
+                    break
+        finally:
+            timer.cancel()
+            # Also on a normal exit: the leader may be gone while a child lingers.
+            _kill_group(proc)
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    rc = None if (stopped or timed_out.is_set()) else proc.returncode
+    return Streamed(args, rc, timed_out.is_set(), stopped, time.monotonic() - start)

@@ -27,6 +27,7 @@ from mkimage.bundle.manifest import (
     Signature,
 )
 from mkimage.errors import InputError, MkspawnError
+from mkimage.initramfs.build import build_initramfs
 from mkimage.kernel.contract import check_image
 from mkimage.kernel.release import kernel_release
 from mkimage.outputs import atomic_output
@@ -129,9 +130,30 @@ def _kernel_name(arch: Arch) -> str:
     return "bzImage" if arch is Arch.X86_64 else "Image"
 
 
-def _stage_initrd(recipe: Recipe, plan: _Plan) -> None:
+def _input_name(path: Path, recipe: Recipe) -> str:
+    """Recipe-relative where possible, so building from another checkout gives the same bytes."""
+    assert recipe.path is not None
+    try:
+        return str(path.relative_to(recipe.path.parent))
+    except ValueError:
+        return str(path)
+
+
+def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, kernel_config: Path | None) -> None:
+    epoch = recipe.metadata.source_date_epoch
+    assert epoch is not None
+    result = build_initramfs(recipe.initramfs, work_dir / "initrd", source_date_epoch=epoch,
+                             kernel_config=kernel_config)
+    plan.files.append(StagedFile(Role.INITRD, "initrd", result.path, result.media_type))
+    plan.tools.update(result.tools)
+    plan.inputs.extend(Input(InputKind.FILE, _input_name(Path(name), recipe), digest)
+                       for name, digest in result.inputs)
+
+
+def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, kernel_config: Path | None) -> None:
     image = recipe.initramfs.image
     if image is None:
+        _build_initrd(recipe, plan, work_dir, kernel_config)
         return
     image = _readable(image, "initramfs.image")
     with image.open("rb") as f:
@@ -186,7 +208,7 @@ def plan_manifest(recipe: Recipe, work_dir: Path) -> tuple[Manifest, list[Staged
     plan = _Plan(tools=_tools())
     plan.inputs.append(_recipe_input(recipe))
     kernel = _stage_kernel(recipe, plan)
-    _stage_initrd(recipe, plan)
+    _stage_initrd(recipe, plan, work_dir, recipe.kernel.config)
     _stage_cmdline(recipe, plan, work_dir)
     _check_contract(recipe, plan)
     components = [

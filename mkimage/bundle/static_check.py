@@ -74,6 +74,7 @@ def _bundle_image(path: Path) -> tuple[bytes, str, str, str, bytes]:
 def static_check(target: Path, *, profile: str | None, arch: str | None, cmdline: str | None) -> StaticCheck:
     data = _read(target)
     component = None
+    cmd: bytes | None
     if _is_bundle(data[:BLOCK_SIZE]):
         data, component, bundle_profile, bundle_arch, bundle_cmdline = _bundle_image(target)
         profile = profile or bundle_profile

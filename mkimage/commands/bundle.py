@@ -10,7 +10,7 @@ import click
 from mkimage.bundle.build import build_bundle, summary
 from mkimage.bundle.sign import sign_bundle
 from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
-from mkimage.commands.options import echo_json, json_option, recipe_argument, set_option
+from mkimage.commands.options import F, echo_json, json_option, recipe_argument, set_option
 from mkimage.errors import UsageError
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.keys import PassphraseSource, PrivateKey, key_id, load_private_key
@@ -19,7 +19,7 @@ from mkimage.signing.trust import TrustStore, default_trust_dir, load_trust_stor
 bundle_path = click.Path(path_type=Path, dir_okay=False)
 
 
-def _key_options(f):  # type: ignore[no-untyped-def]
+def _key_options(f: F) -> F:
     f = click.option("--passphrase-env", default=None, metavar="VAR",
                      help="Environment variable with the key passphrase [default: MKSPAWN_KEY_PASSPHRASE].")(f)
     f = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
@@ -27,7 +27,7 @@ def _key_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-def _trust_option(f):  # type: ignore[no-untyped-def]
+def _trust_option(f: F) -> F:
     return click.option("--trust", "trust_dir", type=click.Path(path_type=Path, file_okay=False),
                         help="Trust store directory [default: ~/.config/mkspawn/trust].")(f)
 

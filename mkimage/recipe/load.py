@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import logging
 import os
 import re
 import tomllib
@@ -36,6 +37,7 @@ from mkimage.recipe.settings import (
 EXTENDS_KEY = "extends"
 MAX_EXTENDS_DEPTH = 16
 DEFAULT_SOURCE_DATE_EPOCH = 0
+log = logging.getLogger("mkspawn")
 
 Locs = dict[KeyPath, Location]
 
@@ -157,7 +159,7 @@ class _Converter:
     def table(self, cls: type, value: Any, path: KeyPath) -> Any:
         if not isinstance(value, dict):
             raise self.fail(path, f"expected a table, got {_show(value)}", "bad-type")
-        fields = {f.name: (f, tp) for f, tp in section_fields(cls) if f.name != "path"}
+        fields = {f.name: (f, tp) for f, tp in section_fields(cls) if not (cls is Recipe and f.name == "path")}
         for key in value:
             if key not in fields:
                 raise self.fail((*path, key), _unknown_key_message(key, list(fields)), "unknown-key")
@@ -294,8 +296,23 @@ def _with_epoch(recipe: Recipe, env: Mapping[str, str], conv: _Converter) -> Rec
     return dataclasses.replace(recipe, metadata=metadata)
 
 
+PREBUILT_EXCLUDES = ("init", "command", "files", "trees", "binaries", "nodes", "symlinks", "microcode", "compression")
+
+
+def _validate_initramfs(recipe: Recipe, conv: _Converter) -> None:
+    spec = recipe.initramfs
+    if spec.image is None:
+        return
+    defaults = type(spec)(image=spec.image)
+    for name in PREBUILT_EXCLUDES:
+        if getattr(spec, name) != getattr(defaults, name):
+            raise conv.fail(("initramfs", name), f"'{name}' builds a userland, but 'image' names a prebuilt "
+                            "initrd; use one or the other", "conflicting-keys")
+
+
 def _validate(recipe: Recipe, conv: _Converter) -> None:
     """Rules that span several keys."""
+    _validate_initramfs(recipe, conv)
     if recipe.kernel.image is None and recipe.kernel.source is None:
         raise conv.fail(("kernel",), "set 'image' to a prebuilt kernel image or 'source' to build one",
                         "missing-key")
@@ -313,6 +330,121 @@ def _validate(recipe: Recipe, conv: _Converter) -> None:
         raise conv.fail(("bundle", "key"), f"no such file: {os.path.relpath(key)}", "bad-value")
     if len(recipe.kernel.cmdline.encode()) + 1 > 2048:
         raise conv.fail(("kernel", "cmdline"), "longer than the x86 limit of 2047 bytes", "bad-value")
+    _validate_instance(recipe, conv)
+
+
+# multikernel-abi.md §2: v2 trees use u32 cells where mk2 and later use u64.
+U32_MAX = 0xFFFFFFFF
+
+
+def _validate_instance(recipe: Recipe, conv: _Converter) -> None:
+    """[instance], [devicetree] and [acpi] rules that span keys (multikernel-abi.md §7)."""
+    inst, dt = recipe.instance, recipe.devicetree
+    has_cpus = bool(inst.cpus) or inst.cpu_count is not None
+    if inst.cpus and inst.cpu_count is not None:
+        raise conv.fail(("instance", "cpu_count"), "set only one of 'cpus' and 'cpu_count'", "conflicting-keys")
+    if has_cpus != (inst.memory_bytes is not None):
+        given, missing = ("cpus", "memory_bytes") if has_cpus else ("memory_bytes", "cpus")
+        raise conv.fail(("instance", given), f"'{given}' needs '{missing}' too", "missing-key")
+    used = [k for k in ("cpus", "cpu_count", "memory_bytes", "memory_base", "numa_nodes", "devices", "cmdline",
+                        "preserve") if getattr(inst, k) not in (None, [], {}, "")]
+    if inst.profile.value == "none" and used:
+        raise conv.fail(("instance", used[0]), "set [instance] profile to v2, mk2 or mk-master to describe "
+                        "an instance", "missing-key")
+    if inst.memory_base is not None and inst.memory_bytes is not None and \
+            inst.memory_base + inst.memory_bytes > (1 << 64):
+        raise conv.fail(("instance", "memory_base"), "memory_base + memory_bytes passes 2^64", "bad-value")
+    if inst.profile.value == "v2":
+        _validate_v2(recipe, conv)
+    _validate_pool(recipe, conv)
+    _warn_smt_split(recipe, conv)
+    cmdline = " ".join(filter(None, (recipe.kernel.cmdline, inst.cmdline)))
+    if len(cmdline.encode()) + 1 > 2048:
+        raise conv.fail(("instance", "cmdline"), "[kernel] cmdline plus this is longer than the x86 limit of "
+                        "2047 bytes", "bad-value")
+    if recipe.acpi.tables and recipe.initramfs.image is not None:
+        raise conv.fail(("acpi", "tables"), "tables go into the early segment of a built initramfs, but "
+                        "[initramfs] image is prebuilt", "conflicting-keys")
+    if recipe.acpi.tables and recipe.metadata.arch.value != "x86_64":
+        raise conv.fail(("acpi", "tables"), "initrd ACPI table upgrade is wired for x86_64 spawns only",
+                        "unsupported")
+    if dt.instance_dts is not None and not has_cpus:
+        raise conv.fail(("devicetree", "instance_dts"), "extends the instance tree, which needs [instance] "
+                        "cpus and memory_bytes", "missing-key")
+
+
+def _validate_v2(recipe: Recipe, conv: _Converter) -> None:
+    """The v2 RFC schema (§7.1): u32 CPU cells, u32 instance memory-bytes, one flat pool
+    range (memory-base/memory-bytes, no memory@N), and neither NUMA nodes nor devices."""
+    inst, dt = recipe.instance, recipe.devicetree
+    for key, cpus in ((("instance", "cpus"), inst.cpus), (("devicetree", "pool_cpus"), dt.pool_cpus)):
+        if big := next((c for c in cpus if c > U32_MAX), None):
+            raise conv.fail(key, f"profile v2 writes CPUs as u32 cells; APIC id {big:#x} does not fit", "bad-value")
+    if inst.memory_bytes is not None and inst.memory_bytes > U32_MAX:
+        raise conv.fail(("instance", "memory_bytes"), f"profile v2 writes memory-bytes as one u32 cell; "
+                        f"{inst.memory_bytes:#x} does not fit", "bad-value")
+    if inst.numa_nodes:
+        raise conv.fail(("instance", "numa_nodes"), "profile v2 has no NUMA nodes (mk2 and later)", "unsupported")
+    if inst.memory_base is not None:
+        raise conv.fail(("instance", "memory_base"), "profile v2 instance trees carry memory-bytes only; the "
+                        "host places the memory", "unsupported")
+    if inst.devices:
+        raise conv.fail(("instance", "devices"), "profile v2 trees describe no devices (mk2 and later)",
+                        "unsupported")
+    if len(dt.pool_memory) > 1:
+        raise conv.fail(("devicetree", "pool_memory"), "profile v2 has one flat memory-base/memory-bytes "
+                        "range, not memory@N chunks; give one chunk", "unsupported")
+    if any(chunk.numa_node is not None for chunk in dt.pool_memory):
+        raise conv.fail(("devicetree", "pool_memory"), "profile v2 has no NUMA nodes (mk2 and later)",
+                        "unsupported")
+
+
+def _validate_pool(recipe: Recipe, conv: _Converter) -> None:
+    inst, dt = recipe.instance, recipe.devicetree
+    pool = set(dt.pool_cpus)
+    if pool and (outside := [c for c in inst.cpus if c not in pool]):
+        raise conv.fail(("instance", "cpus"), f"APIC id {outside[0]} is not in [devicetree] pool_cpus",
+                        "bad-value")
+    if inst.cpu_count is not None:
+        if not dt.pool_cpus:
+            raise conv.fail(("instance", "cpu_count"), "a CPU count is placed on [devicetree] pool_cpus; set "
+                            "pool_cpus or list the APIC ids in 'cpus'", "missing-key")
+        if inst.cpu_count > len(dt.pool_cpus):
+            raise conv.fail(("instance", "cpu_count"), f"{inst.cpu_count} CPUs do not fit in a pool of "
+                            f"{len(dt.pool_cpus)}", "bad-value")
+    if not dt.pool_memory or inst.memory_bytes is None:
+        return
+    largest = max(chunk.size_bytes for chunk in dt.pool_memory)
+    if inst.memory_bytes > largest:
+        raise conv.fail(("instance", "memory_bytes"), f"{inst.memory_bytes:#x} bytes is larger than the "
+                        f"largest pool chunk ({largest:#x}); instance memory lies within one chunk", "bad-value")
+    if inst.memory_base is not None and any(c.base is not None for c in dt.pool_memory):
+        end = inst.memory_base + inst.memory_bytes
+        if not any(c.base is not None and c.base <= inst.memory_base and end <= c.base + c.size_bytes
+                   for c in dt.pool_memory):
+            raise conv.fail(("instance", "memory_base"), f"[{inst.memory_base:#x}, {end:#x}) does not lie "
+                            "within one pool chunk", "bad-value")
+    nodes = {c.numa_node for c in dt.pool_memory if c.numa_node is not None}
+    if nodes and (stray := [n for n in inst.numa_nodes if n not in nodes]):
+        raise conv.fail(("instance", "numa_nodes"), f"NUMA node {stray[0]} has no pool memory", "bad-value")
+
+
+def _warn_smt_split(recipe: Recipe, conv: _Converter) -> None:
+    """SMT siblings share a core's caches and a noisy neighbour; splitting them between
+    kernels is allowed but rarely meant (multikernel-abi.md §7.5), so it is a warning."""
+    threads = recipe.devicetree.smt_threads
+    if threads == 1:
+        return
+    pool = recipe.devicetree.pool_cpus
+    groups = [(("devicetree", "pool_cpus"), pool, None), (("instance", "cpus"), recipe.instance.cpus, set(pool))]
+    for key, cpus, within in groups:
+        for cpu in sorted(cpus):
+            core = range(cpu - cpu % threads, cpu - cpu % threads + threads)
+            left = [s for s in core if s not in cpus and (within is None or not within or s in within)]
+            if left and cpu == min(c for c in core if c in cpus):
+                log.warning("%s: [%s] %s: APIC id %d shares a core with %s, which %s; keep SMT siblings together",
+                            conv.loc(key), key[0], key[1], cpu, ", ".join(map(str, left)),
+                            "stays with the host" if within is None else "the instance does not get")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

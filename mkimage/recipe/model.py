@@ -394,16 +394,208 @@ class InitramfsSpec:
     )
 
 
+PAGE_BYTES = 4096  # x86-64 base page; multikernel-abi.md §7.5 wants page-aligned memory
+U64_MAX = (1 << 64) - 1
+# PCI address as lspci -D prints it: domain:bus:device.function, device 0..0x1f.
+BDF_RE = r"(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[01][0-9a-fA-F]\.[0-7]"
+# An ACPI hardware id: PNP ("PNP0501") or ACPI ("QEMU0002") style.
+ACPI_HID_RE = r"[A-Z]{3}[0-9A-F]{4}|[A-Z0-9]{4}[0-9A-F]{4}"
+# Device-tree node and alias names (Devicetree Specification §2.2.1, §3.3).
+DT_NODE_RE = r"[A-Za-z][A-Za-z0-9,._+-]{0,30}"
+DT_ALIAS_RE = r"[a-z][a-z0-9-]{0,30}"
+
+
+def _apic_ids(values: object) -> str | None:
+    assert isinstance(values, list)
+    seen: set[int] = set()
+    for v in values:
+        if v == 0:
+            return "APIC id 0 is the boot CPU"
+        if not 0 < v <= U64_MAX:
+            return f"expected APIC ids 1..2^64-1, got {v}"
+        if v in seen:
+            return f"APIC id {v} is listed twice"
+        seen.add(v)
+    return None
+
+
+def _page_bytes(value: object) -> str | None:
+    if value is None:
+        return None
+    assert isinstance(value, int)
+    if not 0 < value <= U64_MAX:
+        return f"expected a positive byte count, got {value}"
+    return None if value % PAGE_BYTES == 0 else f"{value:#x} is not a multiple of the {PAGE_BYTES}-byte page"
+
+
+def _page_address(value: object) -> str | None:
+    if value is None:
+        return None
+    assert isinstance(value, int)
+    if not 0 <= value <= U64_MAX:
+        return f"expected an address 0..2^64-1, got {value}"
+    return None if value % PAGE_BYTES == 0 else f"{value:#x} is not aligned to the {PAGE_BYTES}-byte page"
+
+
+def _numa_nodes(values: object) -> str | None:
+    assert isinstance(values, list)
+    if len(set(values)) != len(values):
+        return "a NUMA node is listed twice"
+    return next((f"expected NUMA node ids 0..1023, got {v}" for v in values if not 0 <= v <= 1023), None)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMemoryItem:
+    """One contiguous chunk of the host's multikernel memory pool."""
+
+    size_bytes: int = field(metadata=setting("Chunk size in bytes, page aligned.", check=_page_bytes,
+                                        example="0x40000000"))
+    base: int | None = field(
+        default=None,
+        metadata=setting("Physical base address (page aligned). Unset: the host allocates it.", check=_page_address),
+    )
+    numa_node: int | None = field(
+        default=None,
+        metadata=setting("NUMA node the chunk belongs to (mk2 and later).", check=lambda v: None if v is None else in_range(0, 1023)(v)),
+    )
+
+
+def _pool_memory(values: object) -> str | None:
+    assert isinstance(values, list)
+    return "at most 64 pool memory chunks" if len(values) > 64 else None
+
+
+def _smt_threads(value: object) -> str | None:
+    return None if value in (1, 2, 4, 8) else f"expected 1, 2, 4 or 8 threads per core, got {value}"
+
+
 @section
 @dataclass(frozen=True, slots=True)
 class DevicetreeSpec:
-    """Settings arrive with the device-tree stage."""
+    """The host pool the generated baseline describes, and extra user .dts nodes."""
+
+    pool_cpus: list[int] = field(
+        default_factory=list,
+        metadata=setting("APIC ids of the pool's CPUs (never 0). Unset: the instance's CPUs.", check=_apic_ids,
+                         example="[2, 3, 4, 5]"),
+    )
+    pool_memory: list[PoolMemoryItem] = field(
+        default_factory=list,
+        metadata=setting("Pool memory chunks. Unset: one chunk the size of the instance's memory.",
+                         check=_pool_memory, example="[{ size_bytes = 0x40000000, numa_node = 0 }]"),
+    )
+    smt_threads: int = field(
+        default=1,
+        metadata=setting("Hardware threads per core on the host: APIC ids of one core differ only in their low "
+                         "log2(smt_threads) bits. Used to warn when siblings are split.", check=_smt_threads),
+    )
+    instance_dts: Path | None = field(
+        default=None,
+        metadata=setting("A .dts of extra nodes merged into the generated instance tree (node definitions "
+                         "such as `/ { … };`, no /dts-v1/ header).", check=_file),
+    )
+    baseline_dts: Path | None = field(
+        default=None,
+        metadata=setting("A .dts of extra nodes merged into the generated pool baseline (no /dts-v1/ header).",
+                         check=_file),
+    )
+
+
+def _acpi_tables(values: object) -> str | None:
+    assert isinstance(values, list)
+    for v in values:
+        if v.suffix not in (".asl", ".aml"):
+            return f"expected .asl (compiled with iasl) or .aml tables, got {v.name!r}"
+    stems = [v.stem for v in values]
+    if dup := next((s for s in stems if stems.count(s) > 1), None):
+        return f"two tables would both be named {dup}.aml"
+    # drivers/acpi/tables.c keeps at most ACPI_OVERRIDE_TABLES (64) upgraded tables
+    if len(values) > 64:
+        return f"the kernel takes at most 64 upgraded tables, got {len(values)}"
+    return _files(values)
 
 
 @section
 @dataclass(frozen=True, slots=True)
 class AcpiSpec:
-    """Settings arrive with the ACPI stage."""
+    """ACPI tables given to the spawn through the initrd's early segment
+    (Documentation/admin-guide/acpi/initrd_table_override.rst)."""
+
+    tables: list[Path] = field(
+        default_factory=list,
+        metadata=setting("ACPI tables: .asl sources (compiled with iasl) or compiled .aml. They go under "
+                         "kernel/firmware/acpi/ in the early initrd; the spawn needs CONFIG_ACPI_TABLE_UPGRADE.",
+                         check=_acpi_tables, example='["acpi/ssdt-spawn.asl"]'),
+    )
+
+
+def _bdf(value: object) -> str | None:
+    if value is None:
+        return None
+    return matches(BDF_RE, 'a PCI address like "0000:09:00.0" (domain:bus:device.function)')(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceItem:
+    """A device given to the instance: PCI (`pci` + ids), or platform (`platform` or `acpi_hid`)."""
+
+    pci: str | None = field(default=None, metadata=setting("PCI address, e.g. \"0000:09:00.0\".", check=_bdf))
+    vendor_id: int | None = field(
+        default=None, metadata=setting("PCI vendor id (with `pci`).", check=lambda v: None if v is None else in_range(0, 0xFFFF)(v)))
+    device_id: int | None = field(
+        default=None, metadata=setting("PCI device id (with `pci`).", check=lambda v: None if v is None else in_range(0, 0xFFFF)(v)))
+    alias: str | None = field(
+        default=None,
+        metadata=setting("Name in /aliases; a spawn renames a network device to it, e.g. \"eth0\".",
+                         check=lambda v: None if v is None else matches(DT_ALIAS_RE, "lowercase letters, digits and '-'")(v)),
+    )
+    platform: str | None = field(
+        default=None, metadata=setting("Platform device by driver name, e.g. \"serial8250\".",
+                                       check=lambda v: None if v is None else matches(r"[A-Za-z0-9_.,+-]+", "a driver name")(v)))
+    acpi_hid: str | None = field(
+        default=None, metadata=setting("Platform device by ACPI hardware id, e.g. \"PNP0501\".",
+                                       check=lambda v: None if v is None else matches(ACPI_HID_RE, 'an ACPI id like "PNP0501"')(v)))
+
+
+def _devices(value: object) -> str | None:
+    assert isinstance(value, dict)
+    aliases: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    for name, dev in value.items():
+        if matches(DT_NODE_RE, "x")(name):
+            return f"device name {name!r} is not a device-tree node name (letters, digits, ',._+-'; 1..31)"
+        kinds = [k for k in ("pci", "platform", "acpi_hid") if getattr(dev, k) is not None]
+        if len(kinds) != 1:
+            return f"{name}: give exactly one of pci, platform or acpi_hid"
+        if dev.pci is not None and (dev.vendor_id is None or dev.device_id is None):
+            return f"{name}: a PCI device needs vendor_id and device_id"
+        if dev.pci is None and (dev.vendor_id is not None or dev.device_id is not None):
+            return f"{name}: vendor_id and device_id apply to PCI devices only"
+        if dev.alias is not None:
+            if dev.alias in aliases:
+                return f"{name}: alias {dev.alias!r} is also used by {aliases[dev.alias]}"
+            aliases[dev.alias] = name
+        if dev.pci is not None:
+            bdf = dev.pci.lower() if dev.pci.count(":") == 2 else "0000:" + dev.pci.lower()
+            if bdf in addresses:
+                return f"{name}: PCI address {bdf} is also given to {addresses[bdf]}"
+            addresses[bdf] = name
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PreserveItem:
+    """Memory the spawn asks the host to keep across its restarts (a KHO-style request)."""
+
+    name: str = field(metadata=setting("Request name (a device-tree node name).",
+                                       check=matches(DT_NODE_RE, "a device-tree node name")))
+    size_bytes: int = field(metadata=setting("Size in bytes, page aligned.", check=_page_bytes))
+
+
+def _preserve(values: object) -> str | None:
+    assert isinstance(values, list)
+    names = [v.name for v in values]
+    return next((f"preserved-memory request {n!r} is listed twice" for n in names if names.count(n) > 1), None)
 
 
 @section
@@ -423,6 +615,45 @@ class InstanceSpec:
     profile: AbiProfile = field(
         default=AbiProfile.NONE,
         metadata=setting("Multikernel ABI profile the spawn targets (see multikernel-abi.md)."),
+    )
+    cpus: list[int] = field(
+        default_factory=list,
+        metadata=setting("Physical APIC ids of the spawn's CPUs (not logical numbers; never 0, the boot CPU). "
+                         "Not with `cpu_count`.", check=_apic_ids, example="[2, 3]"),
+    )
+    cpu_count: int | None = field(
+        default=None,
+        metadata=setting("Number of CPUs, placed on [devicetree] pool_cpus (lowest whole cores first) when the "
+                         "trees are generated. Not with `cpus`.", check=lambda v: None if v is None else in_range(1, 8192)(v)),
+    )
+    memory_bytes: int | None = field(
+        default=None,
+        metadata=setting("Instance memory in bytes, page aligned.", check=_page_bytes, example="0x10000000"),
+    )
+    memory_base: int | None = field(
+        default=None,
+        metadata=setting("Physical base of the instance memory inside the pool. Unset: the host chooses.",
+                         check=_page_address),
+    )
+    numa_nodes: list[int] = field(
+        default_factory=list,
+        metadata=setting("NUMA nodes the instance's memory comes from (mk2 and later).", check=_numa_nodes),
+    )
+    devices: dict[str, DeviceItem] = field(
+        default_factory=dict,
+        metadata=setting("Devices by node name: PCI (pci, vendor_id, device_id, alias) or platform "
+                         "(platform or acpi_hid).", check=_devices,
+                         example='{ nic0 = { pci = "0000:09:00.0", vendor_id = 0x1af4, device_id = 0x1041, '
+                                 'alias = "eth0" } }'),
+    )
+    cmdline: str = field(
+        default="",
+        metadata=setting("Appended to [kernel] cmdline for this instance's spawn.", example='"console=mktty0"'),
+    )
+    preserve: list[PreserveItem] = field(
+        default_factory=list,
+        metadata=setting("Preserved-memory requests carried in the handover FDT.", check=_preserve,
+                         example='[{ name = "ring", size_bytes = 0x100000 }]'),
     )
 
 

@@ -296,3 +296,20 @@ def test_every_key_algorithm_signs_and_verifies(tmp_path: Path, built: Path, alg
 def test_library_errors_are_project_errors(tmp_path: Path) -> None:
     with pytest.raises(MkspawnError):
         verify_bundle(tmp_path / "missing.mkb", load_trust_store(tmp_path, must_exist=True))
+
+
+def test_initramfs_is_built_when_no_prebuilt_image(tmp_path: Path, synthetic_kernel: Path) -> None:
+    recipe = write_recipe(tmp_path, synthetic_kernel)
+    recipe.write_text(recipe.read_text().replace('image = "initrd.cpio"', 'command = "echo spawned"'))
+    out = tmp_path / "b.mkb"
+    done = mkspawn("build", recipe, "-o", out)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(mkspawn("inspect", out, "--json").stdout)
+    initrd = next(c for c in report["components"] if c["role"] == "initrd")
+    assert initrd["media_type"] == "application/x-cpio+gzip"  # no kernel config known: the safe default
+    assert any(i["name"] == "/bin/busybox" for i in report["provenance"]["inputs"])
+    subprocess.run(["tar", "-xf", str(out), "-C", str(tmp_path), "initrd"], check=True)
+    listing = mkspawn("initramfs", "--list", tmp_path / "initrd", "--json")
+    assert listing.returncode == 0, listing.stderr
+    names = {m["name"] for seg in json.loads(listing.stdout)["segments"] for m in seg["members"]}
+    assert {"init", "bin/busybox", "dev/console", "etc/mkspawn/command"} <= names
