@@ -27,6 +27,9 @@ from mkimage.bundle.manifest import (
     Signature,
 )
 from mkimage.errors import InputError, MkspawnError
+from mkimage.acpi.build import build_acpi, early_files
+from mkimage.devicetree.build import HardwareFile, build_devicetree
+from mkimage.handover.build import build_handover, spawn_cmdline
 from mkimage.initramfs.build import build_initramfs
 from mkimage.kernel.contract import check_image
 from mkimage.kernel.release import kernel_release
@@ -85,6 +88,11 @@ class _Plan:
     inputs: list[Input] = field(default_factory=list)
     tools: dict[str, str] = field(default_factory=dict)
     config_sha256: str = ""
+    kernel_config: Path | None = None  # the spawn's .config, when known
+    early_files: list[tuple[str, Path]] = field(default_factory=list)
+
+    def add_hardware(self, files: list[HardwareFile]) -> None:
+        self.files.extend(StagedFile(Role(f.role.value), f.member, f.path, f.media_type) for f in files)
 
 
 def file_sha256(path: Path) -> str:
@@ -122,6 +130,7 @@ def _stage_kernel(recipe: Recipe, plan: _Plan) -> Path:
     if spec.config is not None:
         config = _readable(spec.config, "kernel.config")
         plan.config_sha256 = file_sha256(config)
+        plan.kernel_config = config
         plan.files.append(StagedFile(Role.CONFIG, "config", config, CONFIG_MEDIA))
     return image
 
@@ -139,22 +148,25 @@ def _input_name(path: Path, recipe: Recipe) -> str:
         return str(path)
 
 
-def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, kernel_config: Path | None) -> None:
+def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     epoch = recipe.metadata.source_date_epoch
     assert epoch is not None
     result = build_initramfs(recipe.initramfs, work_dir / "initrd", source_date_epoch=epoch,
-                             kernel_config=kernel_config)
+                             kernel_config=plan.kernel_config, early_files=plan.early_files)
     plan.files.append(StagedFile(Role.INITRD, "initrd", result.path, result.media_type))
     plan.tools.update(result.tools)
     plan.inputs.extend(Input(InputKind.FILE, _input_name(Path(name), recipe), digest)
                        for name, digest in result.inputs)
 
 
-def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, kernel_config: Path | None) -> None:
+def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     image = recipe.initramfs.image
     if image is None:
-        _build_initrd(recipe, plan, work_dir, kernel_config)
+        _build_initrd(recipe, plan, work_dir)
         return
+    if plan.early_files:
+        raise InputError("[acpi] tables: ACPI tables go into the initrd's early segment, which mkspawn "
+                         "cannot add to a prebuilt [initramfs] image", code="conflicting-keys")
     image = _readable(image, "initramfs.image")
     with image.open("rb") as f:
         media = initrd_media_type(f.read(8))
@@ -162,10 +174,27 @@ def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, kernel_config: Pa
     plan.inputs.append(Input(InputKind.PREBUILT, f"initrd/{image.name}", file_sha256(image)))
 
 
+def _stage_hardware(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
+    """Device trees and ACPI tables; ACPI tables also feed the initrd's early segment."""
+    plan.add_hardware(build_devicetree(recipe, work_dir))
+    acpi = build_acpi(recipe, work_dir, kernel_config=plan.kernel_config)
+    plan.add_hardware(acpi)
+    plan.early_files = early_files(acpi)
+
+
 def _stage_cmdline(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     path = work_dir / "cmdline"
-    path.write_bytes(recipe.kernel.cmdline.encode("utf-8"))
+    path.write_bytes(spawn_cmdline(recipe).encode("utf-8"))
     plan.files.append(StagedFile(Role.CMDLINE, "cmdline", path, CMDLINE_MEDIA))
+
+
+def _stage_handover(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
+    """Last, because it records the digests of the images and trees it hands over."""
+    counts: dict[Role, int] = {}
+    for f in plan.files:
+        counts[f.role] = counts.get(f.role, 0) + 1
+    digests = {f.role.value: file_sha256(f.source) for f in plan.files if counts[f.role] == 1}
+    plan.add_hardware(build_handover(recipe, work_dir, digests))
 
 
 def _check_contract(recipe: Recipe, plan: _Plan) -> None:
@@ -179,7 +208,7 @@ def _check_contract(recipe: Recipe, plan: _Plan) -> None:
                              code="missing-vmlinux")
         target = by_role[Role.VMLINUX]
     report = check_image(target, abi_profile=profile.value, arch=recipe.metadata.arch.value,
-                         cmdline=recipe.kernel.cmdline.encode())
+                         cmdline=spawn_cmdline(recipe).encode())
     if not report.ok:
         first = report.failures[0]
         raise BundleBuildError(
@@ -208,9 +237,11 @@ def plan_manifest(recipe: Recipe, work_dir: Path) -> tuple[Manifest, list[Staged
     plan = _Plan(tools=_tools())
     plan.inputs.append(_recipe_input(recipe))
     kernel = _stage_kernel(recipe, plan)
-    _stage_initrd(recipe, plan, work_dir, recipe.kernel.config)
+    _stage_hardware(recipe, plan, work_dir)
+    _stage_initrd(recipe, plan, work_dir)
     _stage_cmdline(recipe, plan, work_dir)
     _check_contract(recipe, plan)
+    _stage_handover(recipe, plan, work_dir)
     components = [
         Component(role=f.role, path=f.name, size=f.source.stat().st_size, sha256=file_sha256(f.source),
                   media_type=f.media_type)

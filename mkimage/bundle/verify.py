@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 from mkimage.bundle.container import BundleContents, iter_component, read_bundle
 from mkimage.bundle.manifest import Manifest, Role, Signature, version_key
-from mkimage.errors import FormatError, InputError, RollbackError, VerifyError
+from mkimage.errors import FormatError, InputError, MkspawnError, RollbackError, VerifyError
+from mkimage.handover.binding import Handover, decode_handover
 from mkimage.outputs import write_atomic
 from mkimage.signing.keys import verify_bytes
 from mkimage.signing.trust import TrustStore
@@ -45,6 +46,7 @@ class BundleReport:
     manifest: Manifest
     signatures: tuple[SignatureReport, ...]
     cmdline: str
+    handover: Handover | None = None
 
     @property
     def trusted_by(self) -> tuple[str, ...]:
@@ -67,7 +69,23 @@ class BundleReport:
                 for s in self.signatures
             ],
             "provenance": m.provenance.to_dict(),
+            "instance": _instance_dict(self.handover),
         }
+
+
+def _instance_dict(handover: Handover | None) -> dict[str, object] | None:
+    if handover is None or handover.instance is None:
+        return None
+    inst = handover.instance
+    return {
+        "name": inst.name,
+        "id": inst.id,
+        "cpus": list(inst.cpus),
+        "memory_bytes": inst.memory_bytes,
+        "memory_base": inst.memory_base,
+        "numa_nodes": list(inst.numa_nodes),
+        "preserve": [{"name": n, "size_bytes": size} for n, size in handover.preserve],
+    }
 
 
 def open_bundle(f: BinaryIO, path: Path) -> BundleContents:
@@ -86,12 +104,26 @@ def _check_signature(raw_sig: Signature, manifest_bytes: bytes, trust: TrustStor
     return SignatureReport(raw_sig.keyid, str(raw_sig.scheme), status, str(trusted.source))
 
 
-def _cmdline(f: BinaryIO, contents: BundleContents) -> str:
+def _member(f: BinaryIO, contents: BundleContents, role: Role) -> bytes | None:
     for component in contents.manifest.components:
-        if component.role is Role.CMDLINE:
-            data = b"".join(iter_component(f, contents, component.path))
-            return data[:MAX_CMDLINE_SHOWN].decode("utf-8", "replace")
-    return ""
+        if component.role is role:
+            return b"".join(iter_component(f, contents, component.path))
+    return None
+
+
+def _cmdline(f: BinaryIO, contents: BundleContents) -> str:
+    data = _member(f, contents, Role.CMDLINE) or b""
+    return data[:MAX_CMDLINE_SHOWN].decode("utf-8", "replace")
+
+
+def _handover(f: BinaryIO, contents: BundleContents, path: Path) -> Handover | None:
+    data = _member(f, contents, Role.HANDOVER)
+    if data is None:
+        return None
+    try:
+        return decode_handover(data)
+    except MkspawnError as e:
+        raise VerifyError(f"{path}: handover.dtb: {e.message}", code=e.code) from None
 
 
 def inspect_bundle(path: Path, trust: TrustStore) -> BundleReport:
@@ -104,7 +136,8 @@ def inspect_bundle(path: Path, trust: TrustStore) -> BundleReport:
         contents = open_bundle(f, path)
         sigs = tuple(_check_signature(s, contents.manifest_bytes, trust) for _, s in contents.signatures)
         cmdline = _cmdline(f, contents)
-    return BundleReport(path, path.stat().st_size, contents.manifest, sigs, cmdline)
+        handover = _handover(f, contents, path)
+    return BundleReport(path, path.stat().st_size, contents.manifest, sigs, cmdline, handover)
 
 
 def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = None) -> BundleReport:

@@ -115,6 +115,17 @@ def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
         click.echo(render_report(report), nl=False)
 
 
+def _instance_lines(report: BundleReport) -> list[str]:
+    if report.handover is None or report.handover.instance is None:
+        return []
+    inst = report.handover.instance
+    cpus = ", ".join(str(c) for c in inst.cpus) or "placed by the host"
+    memory = f"{inst.memory_bytes:#x} bytes" if inst.memory_bytes is not None else "unset"
+    if inst.memory_base is not None:
+        memory += f" at {inst.memory_base:#x}"
+    return [f"instance:       {inst.name} (id {inst.id})", f"  cpus (APIC):  {cpus}", f"  memory:       {memory}"]
+
+
 def render_report(report: BundleReport) -> str:
     m = report.manifest
     lines = [
@@ -125,6 +136,7 @@ def render_report(report: BundleReport) -> str:
         f"kernel release: {m.kernel_release}",
         f"cmdline:        {report.cmdline}",
         f"epoch:          {m.provenance.source_date_epoch}",
+        *_instance_lines(report),
         "",
         f"{'ROLE':<11} {'PATH':<24} {'SIZE':>11}  {'SHA256':<16}  MEDIA TYPE",
     ]

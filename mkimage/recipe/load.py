@@ -354,6 +354,7 @@ def _validate_instance(recipe: Recipe, conv: _Converter) -> None:
     if inst.memory_base is not None and inst.memory_bytes is not None and \
             inst.memory_base + inst.memory_bytes > (1 << 64):
         raise conv.fail(("instance", "memory_base"), "memory_base + memory_bytes passes 2^64", "bad-value")
+    _validate_devices(recipe, conv)
     if inst.profile.value == "v2":
         _validate_v2(recipe, conv)
     _validate_pool(recipe, conv)
@@ -373,6 +374,29 @@ def _validate_instance(recipe: Recipe, conv: _Converter) -> None:
                         "cpus and memory_bytes", "missing-key")
 
 
+def _validate_devices(recipe: Recipe, conv: _Converter) -> None:
+    aliases: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    for name, dev in recipe.instance.devices.items():
+        key = ("instance", "devices", name)
+        kinds = [k for k in ("pci", "platform", "acpi_hid") if getattr(dev, k) is not None]
+        if len(kinds) != 1:
+            raise conv.fail(key, "give exactly one of pci, platform or acpi_hid", "bad-value")
+        if dev.pci is not None and (dev.vendor_id is None or dev.device_id is None):
+            raise conv.fail(key, "a PCI device needs vendor_id and device_id", "missing-key")
+        if dev.pci is None and (dev.vendor_id is not None or dev.device_id is not None):
+            raise conv.fail(key, "vendor_id and device_id apply to PCI devices only", "bad-value")
+        if dev.alias is not None:
+            if dev.alias in aliases:
+                raise conv.fail(key, f"alias {dev.alias!r} is also used by {aliases[dev.alias]}", "bad-value")
+            aliases[dev.alias] = name
+        if dev.pci is not None:
+            bdf = dev.pci.lower() if dev.pci.count(":") == 2 else "0000:" + dev.pci.lower()
+            if bdf in addresses:
+                raise conv.fail(key, f"PCI address {bdf} is also given to {addresses[bdf]}", "bad-value")
+            addresses[bdf] = name
+
+
 def _validate_v2(recipe: Recipe, conv: _Converter) -> None:
     """The v2 RFC schema (§7.1): u32 CPU cells, u32 instance memory-bytes, one flat pool
     range (memory-base/memory-bytes, no memory@N), and neither NUMA nodes nor devices."""
@@ -389,8 +413,8 @@ def _validate_v2(recipe: Recipe, conv: _Converter) -> None:
         raise conv.fail(("instance", "memory_base"), "profile v2 instance trees carry memory-bytes only; the "
                         "host places the memory", "unsupported")
     if inst.devices:
-        raise conv.fail(("instance", "devices"), "profile v2 trees describe no devices (mk2 and later)",
-                        "unsupported")
+        raise conv.fail(("instance", "devices", next(iter(inst.devices))),
+                        "profile v2 trees describe no devices (mk2 and later)", "unsupported")
     if len(dt.pool_memory) > 1:
         raise conv.fail(("devicetree", "pool_memory"), "profile v2 has one flat memory-base/memory-bytes "
                         "range, not memory@N chunks; give one chunk", "unsupported")

@@ -16,6 +16,7 @@ from mkimage.bundle.container import write_bundle
 from mkimage.bundle.manifest import Component, Manifest, Provenance, Role
 from mkimage.bundle.verify import verify_bundle
 from mkimage.errors import ExitCode, MkspawnError, VerifyError
+from mkimage.handover.binding import decode_handover
 from mkimage.signing.keys import PassphraseSource, load_private_key
 from mkimage.signing.trust import load_trust_store
 
@@ -313,3 +314,55 @@ def test_initramfs_is_built_when_no_prebuilt_image(tmp_path: Path, synthetic_ker
     assert listing.returncode == 0, listing.stderr
     names = {m["name"] for seg in json.loads(listing.stdout)["segments"] for m in seg["members"]}
     assert {"init", "bin/busybox", "dev/console", "etc/mkspawn/command"} <= names
+
+
+def test_hardware_parts_reach_the_bundle(tmp_path: Path, debian_kernel: Path) -> None:
+    """mk-master spawn with CPUs, memory, a device and an ACPI table: trees, tables, handover."""
+    config = debian_kernel.parent / debian_kernel.name.replace("vmlinuz-", "config-")
+    (tmp_path / "t.asl").write_text(
+        'DefinitionBlock ("", "SSDT", 2, "MKSPWN", "BUNDLE01", 1)\n{\n    Name (MKSP, 1)\n}\n')
+    recipe = tmp_path / "hw.toml"
+    recipe.write_text(f"""
+[metadata]
+name = "hw"
+version = "1.0"
+source_date_epoch = {EPOCH}
+[kernel]
+image = "{debian_kernel}"
+config = "{config}"
+cmdline = "console=ttyS0"
+[initramfs]
+command = "true"
+[instance]
+name = "app0"
+id = 3
+profile = "mk-master"
+cpus = [2, 3]
+memory_bytes = 0x10000000
+cmdline = "console=mktty0"
+[acpi]
+tables = ["t.asl"]
+""")
+    out = tmp_path / "hw.mkb"
+    done = mkspawn("build", recipe, "-o", out)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(mkspawn("inspect", out, "--json").stdout)
+    paths = {c["path"]: c["role"] for c in report["components"]}
+    assert paths["acpi/t.aml"] == "acpi" and paths["handover.dtb"] == "handover"
+    assert paths["devicetree/instance.dtbo"] == "dtbo" and paths["devicetree/baseline.dtb"] == "dtb"
+    assert report["cmdline"] == "console=ttyS0 console=mktty0"
+    assert report["abi_profile"] == "mk-master"
+    assert report["instance"]["name"] == "app0" and report["instance"]["cpus"] == [2, 3]
+    assert "instance:       app0 (id 3)" in mkspawn("inspect", out).stdout
+    subprocess.run(["tar", "-xf", str(out), "-C", str(tmp_path), "initrd", "handover.dtb"], check=True)
+    listing = json.loads(mkspawn("initramfs", "--list", tmp_path / "initrd", "--json").stdout)
+    early = listing["segments"][0]
+    assert early["compression"] == "none"
+    assert [m["name"] for m in early["members"] if m["name"].endswith(".aml")] == ["kernel/firmware/acpi/t.aml"]
+    digests = {c["role"]: c["sha256"] for c in report["components"] if c["role"] in ("kernel", "initrd", "dtbo")}
+    handover = decode_handover((tmp_path / "handover.dtb").read_bytes())
+    assert {k: handover.digests[k] for k in digests} == digests
+    assert handover.instance is not None and handover.instance.cpus == (2, 3)
+    dts = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(tmp_path / "handover.dtb")],
+                         capture_output=True, text=True, check=True).stdout
+    assert 'compatible = "mkspawn,handover-v1"' in dts
