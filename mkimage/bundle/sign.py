@@ -13,19 +13,13 @@ from pathlib import Path
 from mkimage.bundle.build import make_signature
 from mkimage.bundle.container import iter_component, write_bundle
 from mkimage.bundle.manifest import Signature
-from mkimage.bundle.verify import open_bundle
-from mkimage.errors import InputError
+from mkimage.bundle.verify import opened_bundle
 from mkimage.outputs import atomic_output
 from mkimage.signing.keys import PrivateKey
 
 
 def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey]) -> None:
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise InputError(f"{path}: cannot open bundle: {e.strerror}", code="no-such-file") from None
-    with f:
-        contents = open_bundle(f, path)
+    with opened_bundle(path) as (f, contents):
         by_keyid: dict[str, bytes] = {sig.keyid: raw for raw, sig in contents.signatures}
         for key in signers:
             raw = make_signature(key, contents.manifest_bytes)

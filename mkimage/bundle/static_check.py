@@ -13,7 +13,7 @@ from pathlib import Path
 from mkimage.bundle.container import iter_component
 from mkimage.bundle.manifest import Role
 from mkimage.bundle.tarball import BLOCK_SIZE
-from mkimage.bundle.verify import open_bundle
+from mkimage.bundle.verify import opened_bundle
 from mkimage.errors import FormatError, InputError
 from mkimage.kernel.contract import ContractReport, check_image
 from mkimage.kernel.release import embedded_config, kernel_release
@@ -54,8 +54,7 @@ def _read(path: Path) -> bytes:
 
 def _bundle_image(path: Path) -> tuple[bytes, str, str, str, bytes]:
     """(image bytes, member, profile, arch, cmdline) of the component the loader receives."""
-    with path.open("rb") as f:
-        contents = open_bundle(f, path)
+    with opened_bundle(path) as (f, contents):
         manifest = contents.manifest
         by_role = {c.role: c for c in manifest.components}
         wants_elf = str(manifest.abi_profile) == "mk2" or (

@@ -6,9 +6,10 @@ manifest is never re-serialised for verification.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -88,11 +89,19 @@ def _instance_dict(handover: Handover | None) -> dict[str, object] | None:
     }
 
 
-def open_bundle(f: BinaryIO, path: Path) -> BundleContents:
+@contextlib.contextmanager
+def opened_bundle(path: Path) -> Iterator[tuple[BinaryIO, BundleContents]]:
+    """The open file and its structurally verified contents; errors name the file."""
     try:
-        return read_bundle(f)
-    except FormatError as e:
-        raise VerifyError(f"{path}: {e.message}", code=e.code) from None
+        f = path.open("rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open bundle: {e.strerror}", code="no-such-file") from None
+    with f:
+        try:
+            contents = read_bundle(f)
+        except FormatError as e:
+            raise VerifyError(f"{path}: {e.message}", code=e.code) from None
+        yield f, contents
 
 
 def _check_signature(raw_sig: Signature, manifest_bytes: bytes, trust: TrustStore) -> SignatureReport:
@@ -128,12 +137,7 @@ def _handover(f: BinaryIO, contents: BundleContents, path: Path) -> Handover | N
 
 def inspect_bundle(path: Path, trust: TrustStore) -> BundleReport:
     """Structure and digests are checked; signatures are reported, not required."""
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise InputError(f"{path}: cannot open bundle: {e.strerror}", code="no-such-file") from None
-    with f:
-        contents = open_bundle(f, path)
+    with opened_bundle(path) as (f, contents):
         sigs = tuple(_check_signature(s, contents.manifest_bytes, trust) for _, s in contents.signatures)
         cmdline = _cmdline(f, contents)
         handover = _handover(f, contents, path)
