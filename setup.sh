@@ -50,3 +50,4 @@ mkdir -p build
 .venv/bin/mkspawn -v build recipes/demo.toml -o build/demo.mkb --key "$key"
 .venv/bin/mkspawn verify build/demo.mkb
 .venv/bin/mkspawn inspect build/demo.mkb
+.venv/bin/mkspawn check build/demo.mkb --recipe recipes/demo.toml

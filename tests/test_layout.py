@@ -10,8 +10,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mkimage"
 # Data flows one way: a stage may import the shared modules and earlier stages only.
 STAGES = ["recipe", "kernel", "initramfs", "devicetree", "acpi", "handover", "signing", "bundle", "qemu", "loader"]
-SHARED = {"errors", "run", "outputs", "__init__"}
+SHARED = {"errors", "run", "outputs", "context", "__init__"}
 TOP = {"cli", "commands", "__main__"}
+# The loader's guest entry point runs as /init in a QEMU host: its markers on the console are its output.
+PRINTS_BY_DESIGN = {Path("loader/__main__.py")}
 
 
 def imported_mkimage_modules(path: Path) -> set[str]:
@@ -45,7 +47,7 @@ def test_imports_flow_one_way(path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_library_code_neither_prints_nor_exits(path: Path) -> None:
-    if stage_of(path) in TOP:
+    if stage_of(path) in TOP or path.relative_to(PACKAGE) in PRINTS_BY_DESIGN:
         return
     tree = ast.parse(path.read_text(), str(path))
     for node in ast.walk(tree):

@@ -26,15 +26,18 @@ from mkimage.bundle.manifest import (
     Role,
     Signature,
 )
+from mkimage.context import default_cache_root
 from mkimage.errors import InputError, MkspawnError
 from mkimage.acpi.build import build_acpi, early_files
 from mkimage.devicetree.build import HardwareFile, build_devicetree
 from mkimage.handover.build import build_handover, spawn_cmdline
 from mkimage.initramfs.build import build_initramfs
+from mkimage.kernel.build import build_kernel
 from mkimage.kernel.contract import check_image
 from mkimage.kernel.release import kernel_release
 from mkimage.outputs import atomic_output
 from mkimage.recipe.model import AbiProfile, Arch, Recipe
+from mkimage.signing.authenticode import sign_image
 from mkimage.signing.keys import PrivateKey, key_id, sign_bytes
 
 log = logging.getLogger("mkspawn")
@@ -116,22 +119,61 @@ def initrd_media_type(head: bytes) -> str:
     return "application/octet-stream"
 
 
-def _stage_kernel(recipe: Recipe, plan: _Plan) -> Path:
+def _authenticode(recipe: Recipe, image: Path, work_dir: Path) -> Path:
+    """Sign the exact bytes the host's kexec_file_load will see; nothing touches them after."""
+    signing = recipe.bundle.kernel_signing
+    if signing is None:
+        return image
+    return sign_image(image, signing.key, signing.cert, work_dir / f"{image.name}.signed")
+
+
+@dataclass(frozen=True, slots=True)
+class _KernelFiles:
+    image: Path
+    vmlinux: Path | None
+    config: Path | None
+
+
+def _compiled_kernel(recipe: Recipe, plan: _Plan, cache_root: Path) -> _KernelFiles:
+    epoch = recipe.metadata.source_date_epoch
+    assert epoch is not None
+    built = build_kernel(recipe.kernel, arch=recipe.metadata.arch.value, cache_root=cache_root,
+                         source_date_epoch=epoch)
+    # Base names: the digests identify the content, and absolute paths would differ per checkout.
+    plan.inputs.extend(Input(InputKind(kind), Path(name).name, digest) for kind, name, digest in built.inputs)
+    plan.tools.update(built.tools)
+    wants_vmlinux = recipe.instance.profile in (AbiProfile.MK2, AbiProfile.MK_MASTER)
+    return _KernelFiles(built.image, built.vmlinux if wants_vmlinux else None, built.config)
+
+
+def _prebuilt_kernel(recipe: Recipe, plan: _Plan) -> _KernelFiles:
     spec = recipe.kernel
-    assert spec.image is not None  # the loader requires it
-    image = _readable(spec.image, "kernel.image")
-    plan.files.append(StagedFile(Role.KERNEL, _kernel_name(recipe.metadata.arch), image,
-                                 KERNEL_MEDIA[recipe.metadata.arch]))
-    plan.inputs.append(Input(InputKind.PREBUILT, f"kernel/{image.name}", file_sha256(image)))
-    if spec.vmlinux is not None:
-        vmlinux = _readable(spec.vmlinux, "kernel.vmlinux")
-        plan.files.append(StagedFile(Role.VMLINUX, "vmlinux", vmlinux, VMLINUX_MEDIA))
-        plan.inputs.append(Input(InputKind.PREBUILT, f"vmlinux/{vmlinux.name}", file_sha256(vmlinux)))
-    if spec.config is not None:
-        config = _readable(spec.config, "kernel.config")
-        plan.config_sha256 = file_sha256(config)
-        plan.kernel_config = config
-        plan.files.append(StagedFile(Role.CONFIG, "config", config, CONFIG_MEDIA))
+    assert spec.image is not None  # the loader requires image or source
+    files = _KernelFiles(
+        _readable(spec.image, "kernel.image"),
+        None if spec.vmlinux is None else _readable(spec.vmlinux, "kernel.vmlinux"),
+        None if spec.config is None else _readable(spec.config, "kernel.config"),
+    )
+    for kind, path in (("kernel", files.image), ("vmlinux", files.vmlinux)):
+        if path is not None:
+            plan.inputs.append(Input(InputKind.PREBUILT, f"{kind}/{path.name}", file_sha256(path)))
+    return files
+
+
+def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path) -> Path:
+    if recipe.kernel.source is not None:
+        files = _compiled_kernel(recipe, plan, cache_root)
+    else:
+        files = _prebuilt_kernel(recipe, plan)
+    image = _authenticode(recipe, files.image, work_dir)
+    arch = recipe.metadata.arch
+    plan.files.append(StagedFile(Role.KERNEL, _kernel_name(arch), image, KERNEL_MEDIA[arch]))
+    if files.vmlinux is not None:
+        plan.files.append(StagedFile(Role.VMLINUX, "vmlinux", files.vmlinux, VMLINUX_MEDIA))
+    if files.config is not None:
+        plan.config_sha256 = file_sha256(files.config)
+        plan.kernel_config = files.config
+        plan.files.append(StagedFile(Role.CONFIG, "config", files.config, CONFIG_MEDIA))
     return image
 
 
@@ -233,10 +275,10 @@ def _tools() -> dict[str, str]:
     }
 
 
-def plan_manifest(recipe: Recipe, work_dir: Path) -> tuple[Manifest, list[StagedFile]]:
+def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Manifest, list[StagedFile]]:
     plan = _Plan(tools=_tools())
     plan.inputs.append(_recipe_input(recipe))
-    kernel = _stage_kernel(recipe, plan)
+    kernel = _stage_kernel(recipe, plan, work_dir, cache_root)
     _stage_hardware(recipe, plan, work_dir)
     _stage_initrd(recipe, plan, work_dir)
     _stage_cmdline(recipe, plan, work_dir)
@@ -272,9 +314,10 @@ def make_signature(key: PrivateKey, manifest_bytes: bytes) -> bytes:
     return Signature(keyid=key_id(key.public_key()), scheme=scheme.value, sig=sig.hex()).to_bytes()  # type: ignore[arg-type]
 
 
-def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = ()) -> BuildResult:
+def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), *,
+                 cache_root: Path | None = None) -> BuildResult:
     with tempfile.TemporaryDirectory(prefix="mkspawn-build-") as tmp:
-        manifest, files = plan_manifest(recipe, Path(tmp))
+        manifest, files = plan_manifest(recipe, Path(tmp), cache_root or default_cache_root())
         manifest_bytes = manifest.to_bytes()
         signatures = [make_signature(key, manifest_bytes) for key in signers]
         with atomic_output(out) as f:

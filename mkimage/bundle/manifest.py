@@ -89,7 +89,9 @@ class InputKind(enum.StrEnum):
     SOURCE = "source"
     PATCH = "patch"
     PREBUILT = "prebuilt"
+    CONFIG_BASE = "config-base"
     CONFIG_FRAGMENT = "config-fragment"
+    TRUSTED_KEYS = "trusted-keys"
     RECIPE = "recipe"
     FILE = "file"
 

@@ -95,6 +95,20 @@ def _kernel_files(values: object) -> str | None:
     return next((m for m in map(_file, values) if m), None)
 
 
+_KCONFIG_SYMBOL = matches(r"(?!CONFIG_)[A-Za-z0-9_]+", "a Kconfig symbol without the CONFIG_ prefix")
+_KCONFIG_VALUE = matches(r'[ymn]|-?[0-9]+|0[xX][0-9a-fA-F]+|"(?:[^"\\]|\\.)*"',
+                         'y, m, n, a number, or a double-quoted string such as \'"console=ttyS0"\'')
+
+
+def _kconfig_options(value: object) -> str | None:
+    assert isinstance(value, dict)
+    for sym, val in value.items():
+        problem = _KCONFIG_SYMBOL(sym) or _KCONFIG_VALUE(val)
+        if problem:
+            return f"{sym}: {problem}"
+    return None
+
+
 def _kernel_source(value: object) -> str | None:
     """Exactly one origin, with the companions it needs and none it does not."""
     if value is None:
@@ -120,7 +134,7 @@ class KernelSource:
         default=None,
         metadata=setting(
             "Tarball URL (http/https), fetched once and cached by sha256.",
-            check=lambda v: None if v is None or v.startswith(("https://", "http://")) else f"expected an http(s) URL, got {v!r}",
+            check=lambda v: None if v is None else matches(r"https?://\S+", "an http(s) URL")(v),
             example='"https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.12.tar.xz"',
         ),
     )
@@ -138,7 +152,8 @@ class KernelSource:
     )
     dir: Path | None = field(
         default=None,
-        metadata=setting("Unpacked source tree, used in place and never written to (builds use O=).", check=_kernel_dir),
+        metadata=setting("Unpacked source tree, used in place and never written to (builds use O=).",
+                         check=_kernel_dir),
     )
     git: str | None = field(
         default=None, metadata=setting("Git repository URL or path; needs `rev`.")
@@ -214,7 +229,8 @@ class KernelSpec:
     fragments: list[Path] = field(
         default_factory=list,
         metadata=setting(
-            "Kconfig fragments merged over the base, in order; two fragments setting one symbol differently is an error.",
+            "Kconfig fragments merged over the base, in order; two fragments setting one symbol "
+            "differently is an error.",
             check=_kernel_files,
             example='["../kernel/spawn-minimal.config"]',
         ),
@@ -223,14 +239,14 @@ class KernelSpec:
         default_factory=dict,
         metadata=setting(
             'Inline symbols without CONFIG_, applied last: "y", "m", "n", a number, or a quoted string.',
-            check=lambda v: next((f"bad symbol name {k!r} (letters, digits and _; no CONFIG_ prefix)" for k in v
-                                  if not (k.isascii() and k.replace("_", "").isalnum()) or k.startswith("CONFIG_")), None),
+            check=_kconfig_options,
             example='{ KEXEC_FILE = "y", NR_CPUS = "8", CMDLINE = \'"console=ttyS0"\' }',
         ),
     )
     trusted_keys: Path | None = field(
         default=None,
-        metadata=setting("PEM certificate(s) compiled in as CONFIG_SYSTEM_TRUSTED_KEYS (for kexec-sig.config).", check=_file),
+        metadata=setting("PEM certificate(s) compiled in as CONFIG_SYSTEM_TRUSTED_KEYS (for kexec-sig.config).",
+                         check=_file),
     )
     jobs: int | None = field(
         default=None,

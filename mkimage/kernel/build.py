@@ -1,0 +1,406 @@
+"""Build a kernel from a recipe's [kernel] source: configure, check, compile, cache.
+
+The cache key is computed from what the recipe asks for (source digest, patch series,
+base config, requested symbols, toolchain versions, arch, build environment), never
+from make's output, so an unchanged recipe is answered from the cache without running
+make at all.  On a miss the stages run in order and stop at the first failure:
+
+  source  → materialise the tree (download, extract, fetch) and apply the patch series
+  config  → base config, merge the request, olddefconfig, check nothing was dropped
+  compile → make with fixed KBUILD_BUILD_* so the outputs are reproducible
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mkimage.errors import InputError, ToolError
+from mkimage.kernel.cache import (
+    KernelCache,
+    locked,
+    remove_tree,
+    sha256_file,
+    tool_identity,
+)
+from mkimage.kernel.kconfig import (
+    ConfigRequest,
+    KernelConfigError,
+    explain,
+    find_dropped,
+    merge_into,
+    parse_config,
+)
+from mkimage.kernel.patches import PatchSeries, patched_tree, read_series
+from mkimage.kernel.source import SourceIdentity, materialise_source, source_identity
+from mkimage.outputs import write_atomic
+from mkimage.recipe.model import KernelSpec
+from mkimage.run import run, run_streaming
+
+log = logging.getLogger("mkspawn")
+
+# Bump when a change here alters what a given key would produce.
+STAGE_VERSION = 1
+CONFIG_TIMEOUT_S = 900
+COMPILE_TIMEOUT_S = 4 * 3600
+PROGRESS_EVERY_OBJECTS = 100
+# Copied into O= and named relatively, so the .config (embedded by IKCONFIG) does not
+# carry the recipe's absolute path and the image stays reproducible across checkouts.
+TRUSTED_KEYS_NAME = "mkspawn-trusted-keys.pem"
+ENTRY_NAME = "entry.json"
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchParams:
+    make_arch: str  # ARCH= (x86_64, not x86: tinyconfig would give a 32-bit kernel)
+    srcarch: str  # directory under arch/
+    image_target: str
+    image_path: str  # relative to O=
+
+
+ARCHES: dict[str, ArchParams] = {
+    "x86_64": ArchParams("x86_64", "x86", "bzImage", "arch/x86/boot/bzImage"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KernelBuild:
+    """A built kernel in the cache.  Paths point into ``kernel/out/<cache_key>/`` and stay
+    valid until the cache is cleaned; copy them before changing them."""
+
+    image: Path
+    vmlinux: Path
+    config: Path
+    system_map: Path
+    release: str
+    cache_key: str
+    cache_hit: bool
+    inputs: list[tuple[str, str, str]]  # (kind, name, sha256); kinds: source, patch, config-*, trusted-keys
+    config_sha256: str
+    tools: dict[str, str]
+    build_log: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything decided before any tree is touched."""
+
+    key: str
+    identity: SourceIdentity
+    series: PatchSeries
+    request: ConfigRequest
+    inputs: list[tuple[str, str, str]]
+    tools: dict[str, str]
+    env: dict[str, str]
+    make_vars: list[str]
+
+
+def build_kernel(
+    spec: KernelSpec,
+    *,
+    arch: str,
+    cache_root: Path,
+    source_date_epoch: int,
+    use_ccache: bool | None = None,
+) -> KernelBuild:
+    """Build (or fetch from the cache) the kernel ``spec.source`` describes.
+
+    ``use_ccache``: None uses ccache when it is installed; it never changes the key.
+    """
+    if spec.source is None:
+        raise InputError("[kernel] source is not set; nothing to build", code="missing-key")
+    params = ARCHES.get(arch)
+    if params is None:
+        raise InputError(f"building kernels for {arch} is not supported yet (only {', '.join(ARCHES)})",
+                         code="unsupported")
+    cache = KernelCache(cache_root)
+    if use_ccache is None:
+        use_ccache = shutil.which("ccache") is not None
+    plan = _plan(spec, params, cache, source_date_epoch, use_ccache)
+    hit = _load_entry(cache, plan.key, cache_hit=True)
+    if hit is not None:
+        log.info("kernel: cache hit %s (%s)", plan.key[:16], hit.release)
+        return hit
+    with locked(cache.lock_path(f"build-{plan.key}"), f"kernel build {plan.key[:16]}"):
+        done = _load_entry(cache, plan.key, cache_hit=True)  # another process finished it meanwhile
+        if done is not None:
+            return done
+        _build(spec, params, cache, plan)
+    built = _load_entry(cache, plan.key, cache_hit=False)
+    assert built is not None
+    return built
+
+
+# ---- planning: the cache key from the request alone ----------------------------------
+
+def _plan(spec: KernelSpec, params: ArchParams, cache: KernelCache, epoch: int, use_ccache: bool) -> _Plan:
+    assert spec.source is not None
+    identity = source_identity(spec.source, cache_root=cache.root)
+    series = read_series(spec.patches, spec.series)
+    inputs: list[tuple[str, str, str]] = [("source", identity.name, identity.digest)]
+    inputs += [("patch", str(p.path), p.sha256) for p in series.patches]
+
+    request = ConfigRequest()
+    base: dict[str, str] = {"target": spec.base.value}
+    if spec.base_config is not None:
+        base = {"file": sha256_file(spec.base_config)}
+        inputs.append(("config-base", str(spec.base_config), base["file"]))
+    for fragment in spec.fragments:
+        data = fragment.read_bytes()
+        request.add_fragment(parse_config(data.decode("utf-8", "replace"), _shown(fragment)))
+        inputs.append(("config-fragment", str(fragment), hashlib.sha256(data).hexdigest()))
+    if spec.options:
+        request.add_options(spec.options, "[kernel.options]")
+        text = "".join(f"{k}={v}\n" for k, v in spec.options.items())
+        inputs.append(("config-fragment", "[kernel.options]", hashlib.sha256(text.encode()).hexdigest()))
+    if spec.trusted_keys is not None:
+        request.add_options({"SYSTEM_TRUSTED_KEYS": f'"{TRUSTED_KEYS_NAME}"'}, "[kernel] trusted_keys")
+        inputs.append(("trusted-keys", str(spec.trusted_keys), sha256_file(spec.trusted_keys)))
+
+    tools = {
+        "make": tool_identity(cache, "make"),
+        "gcc": tool_identity(cache, "gcc"),
+        "ld": tool_identity(cache, "ld"),
+    }
+    env = kbuild_env(epoch)
+    material = {
+        "stage": STAGE_VERSION,
+        "arch": params.make_arch,
+        "source": identity.digest,
+        "series": series.digest,
+        "base": base,
+        "request": request.as_fragment(),
+        "trusted_keys": next((i[2] for i in inputs if i[0] == "trusted-keys"), None),
+        "tools": tools,
+        "env": env,
+    }
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    if use_ccache:
+        tools = {**tools, "ccache": tool_identity(cache, "ccache")}
+        # Depend mode hashes the compiler's own -MD output instead of running the
+        # preprocessor first: a cold kernel build through ccache then costs about what
+        # a plain one does (preprocessor mode measured +38-60% here).  BASEDIR makes
+        # the cache paths relative, so other O= directories still hit.
+        env = {**env, "CCACHE_DIR": str(cache.ccache_dir), "CCACHE_BASEDIR": str(cache.root),
+               "CCACHE_DEPEND": "1"}
+    make_vars = [f"ARCH={params.make_arch}"] + (["CC=ccache gcc"] if use_ccache else [])
+    return _Plan(key, identity, series, request, inputs, tools, env, make_vars)
+
+
+def kbuild_env(epoch: int) -> dict[str, str]:
+    """The variables that make a kernel build reproducible (environment.md §4)."""
+    t = time.gmtime(epoch)
+    # `date` layout, spelled out so no locale can change it.
+    stamp = (f"{_DAYS[t.tm_wday]} {_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} "
+             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} UTC {t.tm_year}")
+    return {
+        "KBUILD_BUILD_TIMESTAMP": stamp,
+        "KBUILD_BUILD_USER": "mkspawn",
+        "KBUILD_BUILD_HOST": "mkspawn",
+        "KBUILD_BUILD_VERSION": "1",  # else the "#N" counter grows with every build
+        "SOURCE_DATE_EPOCH": str(epoch),
+    }
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ---- the cache entry -----------------------------------------------------------------
+
+_FILES = {"image": "image", "vmlinux": "vmlinux", "config": "config", "system_map": "System.map",
+          "build_log": "build.log"}
+
+
+def _load_entry(cache: KernelCache, key: str, *, cache_hit: bool) -> KernelBuild | None:
+    out = cache.out_dir(key)
+    try:
+        entry: dict[str, Any] = json.loads((out / ENTRY_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    paths = {field: out / name for field, name in _FILES.items()}
+    if entry.get("key") != key or not all(p.is_file() for p in paths.values()):
+        return None
+    return KernelBuild(
+        **paths,
+        release=entry["release"],
+        cache_key=key,
+        cache_hit=cache_hit,
+        inputs=[(kind, name, digest) for kind, name, digest in entry["inputs"]],
+        config_sha256=entry["config_sha256"],
+        tools=dict(entry["tools"]),
+    )
+
+
+# ---- a build (under the key's lock) --------------------------------------------------
+
+def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan) -> None:
+    assert spec.source is not None
+    started = time.monotonic()
+    source = materialise_source(spec.source, plan.identity, cache_root=cache.root, mirrors=spec.mirrors)
+    inputs = [("source", plan.identity.name, source.sha256), *plan.inputs[1:]]
+    tree = patched_tree(cache, source.tree, source.sha256, plan.series)
+
+    build_dir = cache.build_dir(plan.key)
+    remove_tree(build_dir)
+    build_dir.mkdir(parents=True)
+    make = ["make", "-C", str(tree), f"O={build_dir}", *plan.make_vars]
+    configure(spec, params, tree, build_dir, plan.request, make, plan.env)
+
+    log_path = build_dir / "build.log"
+    jobs = spec.jobs or os.cpu_count() or 1
+    compile_argv = [*make, f"-j{jobs}", params.image_target]
+    _announce(compile_argv, plan.env)
+    progress = _Progress()
+    try:
+        run_streaming(compile_argv, stage="kernel", timeout_s=COMPILE_TIMEOUT_S, env=plan.env,
+                      log_path=log_path, on_line=progress.line)
+    except ToolError as e:
+        raise ToolError(
+            f"kernel: build failed: {_first_error(log_path) or 'make ' + _describe(e)} (log: {log_path})",
+            argv=e.argv, returncode=e.returncode, stderr_tail=e.stderr_tail, code="kernel-build-failed",
+        ) from e
+
+    out = cache.out_dir(plan.key)
+    staging = out.with_name(out.name + ".staging")
+    remove_tree(staging)
+    staging.mkdir(parents=True)
+    sources = {"image": params.image_path, "vmlinux": "vmlinux", "config": ".config",
+               "system_map": "System.map", "build_log": "build.log"}
+    for field, rel in sources.items():
+        os.replace(build_dir / rel, staging / _FILES[field])
+    release = (build_dir / "include" / "config" / "kernel.release").read_text().strip()
+    entry = {
+        "key": plan.key,
+        "release": release,
+        "inputs": inputs,
+        "config_sha256": sha256_file(staging / "config"),
+        "tools": plan.tools,
+        "make": shlex.join(compile_argv),
+    }
+    write_atomic(staging / ENTRY_NAME, json.dumps(entry, indent=1, sort_keys=True).encode())
+    remove_tree(out)
+    staging.rename(out)
+    # The O= tree is 80+ MB and never reused: a different request is a different key.
+    remove_tree(build_dir)
+    log.info("kernel: built %s (%d objects) in %.0fs", release, progress.objects, time.monotonic() - started)
+
+
+def configure(
+    spec: KernelSpec,
+    params: ArchParams,
+    tree: Path,
+    build_dir: Path,
+    request: ConfigRequest,
+    make: Sequence[str],
+    env: Mapping[str, str],
+) -> str:
+    """Write ``build_dir/.config`` from the base and the request; return its text.
+
+    Raises KernelConfigError naming every requested symbol that olddefconfig dropped,
+    before anything is compiled.
+    """
+    config = build_dir / ".config"
+    if spec.base_config is not None:
+        shutil.copyfile(spec.base_config, config)
+    else:
+        _make_config(make, spec.base.value, env)
+    if spec.trusted_keys is not None:
+        shutil.copyfile(spec.trusted_keys, build_dir / TRUSTED_KEYS_NAME)
+    config.write_text(merge_into(config.read_text(), request))
+    _make_config(make, "olddefconfig", env)
+    final = config.read_text()
+    dropped = find_dropped(request, final)
+    if dropped:
+        dropped = explain(dropped, str(tree), params.srcarch, final)
+        what = "option was" if len(dropped) == 1 else "options were"
+        raise KernelConfigError(
+            f"kernel config: {len(dropped)} requested {what} dropped by olddefconfig: "
+            + "; ".join(d.describe() for d in dropped),
+            code="config-dropped",
+        )
+    _warn_untrusted(final)
+    return final
+
+
+def _make_config(make: Sequence[str], target: str, env: Mapping[str, str]) -> None:
+    argv = [*make, target]
+    _announce(argv, env)
+    run(argv, stage="kernel", timeout_s=CONFIG_TIMEOUT_S, env=env)
+
+
+def _announce(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Log the exact command, with the variables that matter, ready to paste into a shell."""
+    shown = {k: v for k, v in env.items() if k.startswith(("KBUILD_", "CCACHE_", "SOURCE_DATE"))}
+    prefix = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(shown.items()))
+    log.info("kernel: $ %s %s", prefix, shlex.join(argv))
+
+
+def _warn_untrusted(final: str) -> None:
+    values = {k: r.value for k, r in parse_config(final).items()}
+    if values.get("KEXEC_SIG_FORCE") == "y" and values.get("SYSTEM_TRUSTED_KEYS", '""') == '""':
+        log.warning("kernel: KEXEC_SIG_FORCE is on but no trusted keys are compiled in; "
+                    "set [kernel] trusted_keys or no kernel can be loaded")
+
+
+def _describe(e: ToolError) -> str:
+    return f"exited with status {e.returncode}" if e.returncode is not None else "did not finish"
+
+
+def _first_error(log_path: Path) -> str | None:
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if re.search(r"\berror\b|\*\*\* ", line, re.IGNORECASE):
+            return line.strip()
+    return None
+
+
+_PHASES = ("compiling", "linking vmlinux", "building the image")
+
+
+@dataclasses.dataclass(slots=True)
+class _Progress:
+    """Turns make's output into a few log lines: the phase and the count of compiled objects.
+
+    Phases only move forward: the objects compiled after vmlinux is linked are the
+    boot wrapper's (arch/x86/boot), so they belong to building the image.
+    """
+
+    objects: int = 0
+    phase: int = -1
+
+    def line(self, text: str) -> None:
+        if text.startswith("  CC "):
+            self.objects += 1
+            self._advance(0 if self.phase < 1 else 2)
+            if self.objects % PROGRESS_EVERY_OBJECTS == 0:
+                log.info("kernel: %s: %d objects compiled", _PHASES[self.phase], self.objects)
+        elif text.startswith("  LD ") and "vmlinux" in text:
+            self._advance(1)
+        elif text.startswith(("  BUILD ", "Kernel: ")):
+            self._advance(2)
+
+    def _advance(self, phase: int) -> None:
+        if phase > self.phase:
+            self.phase = phase
+            log.info("kernel: %s (%d objects compiled so far)", _PHASES[phase], self.objects)

@@ -1,0 +1,247 @@
+"""Building recipes/minimal.toml for real (once; the project cache keeps it across runs),
+then proving what a cache hit, a bad patch, a dropped option and a fragment clash do —
+with a recording ``make`` first on PATH so "no make ran" is observed, not assumed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from mkimage.errors import InputError, RecipeError, ToolError
+from mkimage.kernel.build import KernelBuild, build_kernel
+from mkimage.kernel.kconfig import KernelConfigError
+from mkimage.kernel.release import embedded_config, kernel_release
+from mkimage.recipe.load import load_recipe
+from mkimage.recipe.model import KernelSource, KernelSpec
+from tests.conftest import missing, needs_tool
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = REPO / "recipes" / "minimal.toml"
+DEBIAN_SOURCE = Path("/usr/src/linux-source-6.12.tar.xz")
+CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mkspawn"
+MARKER = b"mkspawn: spawn kernel built by mkspawn"
+
+
+def _minimal_spec() -> KernelSpec:
+    needs_tool("make", "gcc", "flex", "bison", "bc", "tar", "patch")
+    if not DEBIAN_SOURCE.is_file():
+        missing(f"{DEBIAN_SOURCE} is missing (Debian package linux-source-6.12)")
+    return load_recipe(MINIMAL).kernel
+
+
+def _build(spec: KernelSpec) -> KernelBuild:
+    return build_kernel(spec, arch="x86_64", cache_root=CACHE_ROOT, source_date_epoch=0)
+
+
+@pytest.fixture(scope="module")
+def minimal() -> KernelBuild:
+    """The real kernel: a cold build takes minutes once, then the cache answers."""
+    return _build(_minimal_spec())
+
+
+@pytest.fixture
+def make_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``make`` first on PATH that appends its arguments to a file, then runs the real one."""
+    real = shutil.which("make")
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "make-calls.txt"
+    record.write_text("")
+    wrapper = bin_dir / "make"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {record}\nexec {real} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return record
+
+
+def _calls(record: Path) -> list[str]:
+    return record.read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_minimal_recipe_builds_a_patched_612_kernel(minimal: KernelBuild) -> None:
+    assert minimal.release.startswith("6.12.")
+    assert (minimal.image.read_bytes()[0x202:0x206]) == b"HdrS"
+    assert kernel_release(minimal.image.read_bytes()) == minimal.release
+    assert MARKER in minimal.vmlinux.read_bytes(), "our patch must be compiled in"
+    config = minimal.config.read_text()
+    for line in ("CONFIG_64BIT=y", "CONFIG_KEXEC_FILE=y", "CONFIG_IKCONFIG_PROC=y", "CONFIG_RD_ZSTD=y"):
+        assert line in config.splitlines()
+    assert embedded_config(minimal.image.read_bytes()).text == config, "IKCONFIG carries the final .config"
+    assert minimal.system_map.read_text().count(" T start_kernel") == 1
+    kinds = [kind for kind, _, _ in minimal.inputs]
+    assert kinds == ["source", "patch", "config-fragment"]
+    assert all(len(digest) == 64 for _, _, digest in minimal.inputs)
+    assert set(minimal.tools) >= {"make", "gcc", "ld"}
+    assert minimal.image.is_relative_to(CACHE_ROOT)
+
+
+@pytest.mark.slow
+def test_unchanged_recipe_is_a_cache_hit_that_runs_no_make(minimal: KernelBuild, make_calls: Path) -> None:
+    spec = _minimal_spec()
+    first = _build(spec)
+    # A make binary not seen before is asked its version once; nothing else may run.
+    assert set(_calls(make_calls)) <= {"--version"}
+    make_calls.write_text("")
+    again = _build(spec)
+    assert _calls(make_calls) == []
+    for hit in (first, again):
+        assert hit.cache_hit and hit.cache_key == minimal.cache_key
+        assert hit.image == minimal.image and hit.config_sha256 == minimal.config_sha256
+        assert hit.inputs == minimal.inputs
+
+
+@pytest.mark.slow
+def test_unmet_dependency_fails_at_config_time(minimal: KernelBuild, make_calls: Path) -> None:
+    spec = dataclasses.replace(_minimal_spec(), options={"IKCONFIG_PROC": "y", "PROC_FS": "n"})
+    with pytest.raises(KernelConfigError) as e:
+        _build(spec)
+    assert e.value.code == "config-dropped"
+    assert e.value.message.startswith("kernel config: 1 requested option was dropped by olddefconfig: "
+                                      "CONFIG_IKCONFIG_PROC: requested y, got n ([kernel.options])")
+    assert "depends on IKCONFIG && PROC_FS [now IKCONFIG=y, PROC_FS=n]" in e.value.message
+    targets = [c.split()[-1] for c in _calls(make_calls)]
+    assert "tinyconfig" in targets and "olddefconfig" in targets
+    assert "bzImage" not in targets, "nothing may be compiled once the config is known to be wrong"
+
+
+@pytest.mark.slow
+def test_broken_patch_fails_naming_file_and_hunk(minimal: KernelBuild, make_calls: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "0002-broken.patch"
+    broken.write_text("--- a/init/main.c\n+++ b/init/main.c\n@@ -1,3 +1,3 @@\n-no such\n+line\n context\n")
+    spec = _minimal_spec()
+    spec = dataclasses.replace(spec, patches=[*spec.patches, broken])
+    with pytest.raises(ToolError) as e:
+        _build(spec)
+    assert e.value.code == "patch-failed"
+    assert e.value.message == (f"kernel: patch {broken} does not apply: "
+                               "init/main.c: hunk #1 FAILED at line 1")
+    assert set(_calls(make_calls)) <= {"--version"}
+
+
+def test_conflicting_fragments_fail_before_any_make(make_calls: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one.config", tmp_path / "two.config"
+    one.write_text("CONFIG_SMP=y\n")
+    two.write_text("# a comment\n# CONFIG_SMP is not set\n")
+    tarball = tmp_path / "t.tar"  # never opened: the clash is found first
+    tarball.write_bytes(b"")
+    spec = KernelSpec(source=KernelSource(tarball=tarball), fragments=[one, two])
+    with pytest.raises(KernelConfigError) as e:
+        build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0)
+    assert str(one) in e.value.message and str(two) in e.value.message
+    assert e.value.message.endswith("CONFIG_SMP=y in " + str(one) + ":1 but n in " + str(two) + ":2")
+    assert set(_calls(make_calls)) <= {"--version"}
+
+
+def test_recipe_needs_exactly_one_of_image_and_source(tmp_path: Path) -> None:
+    (tmp_path / "bzImage").write_bytes(b"x")
+    base = '[metadata]\nname = "t"\nversion = "1"\n[kernel]\n'
+    both = tmp_path / "both.toml"
+    both.write_text(base + 'image = "bzImage"\nsource = { dir = "." }\n')
+    with pytest.raises(RecipeError) as e:
+        load_recipe(both)
+    assert e.value.render().endswith("[kernel] source: set only one of 'image' and 'source' [conflicting-keys]")
+    neither = tmp_path / "neither.toml"
+    neither.write_text(base)
+    with pytest.raises(RecipeError, match="'image'.*'source'"):
+        load_recipe(neither)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ('{ url = "https://example.org/linux.tar.xz" }', "url needs sha256"),
+        ('{ dir = ".", tarball = "x" }', "exactly one of"),
+        ('{ git = "https://example.org/linux.git" }', "git and rev go together"),
+    ],
+)
+def test_source_table_is_validated(tmp_path: Path, source: str, message: str) -> None:
+    (tmp_path / "x").write_bytes(b"")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[metadata]\nname = "t"\nversion = "1"\n[kernel]\nsource = {source}\n')
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(recipe)
+
+
+def test_unsupported_arch_is_refused(tmp_path: Path) -> None:
+    spec = KernelSpec(source=KernelSource(dir=tmp_path))
+    with pytest.raises(InputError, match="arm64 is not supported yet"):
+        build_kernel(spec, arch="arm64", cache_root=tmp_path, source_date_epoch=0)
+
+
+def test_build_failure_cites_the_log_and_the_first_error(tmp_path: Path) -> None:
+    """A stand-in tree whose Makefile fails like a compile error does, run by real make."""
+    needs_tool("make")
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "Kconfig").write_text("")
+    (tree / "Makefile").write_text(
+        "tinyconfig:\n\tprintf 'CONFIG_A=y\\n' > $(O)/.config\n"
+        "olddefconfig:\n\t@true\n"
+        "bzImage:\n\t@echo '  CC      init/main.o'\n"
+        "\t@echo 'init/main.c:1:1: error: expected declaration' >&2\n\t@exit 2\n"
+    )
+    spec = KernelSpec(source=KernelSource(dir=tree), options={"A": "y"})
+    with pytest.raises(ToolError) as e:
+        build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0, use_ccache=False)
+    assert e.value.code == "kernel-build-failed"
+    m = e.value.message
+    assert m.startswith("kernel: build failed: init/main.c:1:1: error: expected declaration (log: ")
+    log_path = Path(m.split("(log: ", 1)[1].rstrip(")"))
+    assert log_path.name == "build.log" and "error: expected declaration" in log_path.read_text()
+    assert "error: expected declaration" in e.value.stderr_tail
+
+
+def test_progress_command_and_outputs_on_a_stand_in_tree(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Progress lines, the logged command and output collection, without minutes of compiling."""
+    needs_tool("make")
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "Kconfig").write_text("")
+    (tree / "Makefile").write_text(
+        "tinyconfig:\n\tprintf 'CONFIG_A=y\\n' > $(O)/.config\n"
+        "olddefconfig:\n\t@true\n"
+        "bzImage:\n"
+        "\t@for i in $$(seq 1 250); do echo \"  CC      obj$$i.o\"; done\n"
+        "\t@echo '  LD      vmlinux'\n"
+        "\t@mkdir -p $(O)/arch/x86/boot $(O)/include/config\n"
+        "\t@echo image > $(O)/arch/x86/boot/bzImage; echo elf > $(O)/vmlinux; echo map > $(O)/System.map\n"
+        "\t@echo 9.9.9-test > $(O)/include/config/kernel.release\n"
+        "\t@echo \"$$KBUILD_BUILD_TIMESTAMP\" > $(O)/stamp\n"
+    )
+    spec = KernelSpec(source=KernelSource(dir=tree), options={"A": "y"})
+    caplog.set_level("INFO", logger="mkspawn")
+    built = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0, use_ccache=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "kernel: compiling: 200 objects compiled" in messages
+    assert "kernel: linking vmlinux (250 objects compiled so far)" in messages
+    command = next(m for m in messages if m.startswith("kernel: $ ") and m.endswith(" bzImage"))
+    assert "'KBUILD_BUILD_TIMESTAMP=Thu Jan  1 00:00:00 UTC 1970'" in command
+    assert f"make -C {tree} O={tmp_path / 'cache'}/kernel/build/" in command and "ARCH=x86_64 -j" in command
+    assert built.release == "9.9.9-test" and built.image.read_text() == "image\n"
+    assert built.config.read_text().splitlines()[-1] == "CONFIG_A=y"
+    assert not built.cache_hit and not (tmp_path / "cache" / "kernel" / "build" / built.cache_key).exists()
+    again = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0)
+    assert again.cache_hit and again.cache_key == built.cache_key, "ccache on or off does not change the key"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ('CMDLINE = "console=ttyS0"', "CMDLINE: expected y, m, n, a number, or a double-quoted string"),
+        ('CONFIG_SMP = "y"', "CONFIG_SMP: expected a Kconfig symbol without the CONFIG_ prefix"),
+    ],
+)
+def test_inline_options_are_validated_with_their_line(tmp_path: Path, options: str, message: str) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[metadata]\nname = "t"\nversion = "1"\n[kernel]\nsource = {{ dir = "." }}\n'
+                      f"[kernel.options]\nNR_CPUS = \"8\"\n{options}\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe)
+    assert e.value.render().startswith(f"{recipe}:6: [kernel] options: {message}")
