@@ -163,7 +163,8 @@ def main() -> None:
         gen_init_cpio_list(tree, listing)
         kernel = repeat(args.repeat, time_gen_init_cpio, tool, listing, out)
         for name, run in (("mkspawn", ours), ("GNU cpio", gnu), ("gen_init_cpio", kernel)):
-            print(f"  {name:14} {run.seconds:7.2f} s  {run.size / 2**20:7.1f} MiB  peak RSS {run.max_rss_kib / 1024:6.1f} MiB")
+            print(f"  {name:14} {run.seconds:7.2f} s  {run.size / 2**20:7.1f} MiB  "
+                  f"peak RSS {run.max_rss_kib / 1024:6.1f} MiB")
         print(f"  time ratio mkspawn / GNU cpio:      {ours.seconds / gnu.seconds:.2f}x (goal <= 0.5x)")
         print(f"  time ratio mkspawn / gen_init_cpio: {ours.seconds / kernel.seconds:.2f}x")
     shutil.rmtree(WORK, ignore_errors=True)

@@ -7,6 +7,7 @@ Debian package that provides it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from mkimage.errors import ToolError
 
@@ -121,30 +123,27 @@ def run(
     args[0] = which(args[0]) if "/" not in args[0] else args[0]
     log.debug("$ %s", shlex.join(args))
     full_env = base_env(env)
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
-    stdout = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
-    try:
-        proc = subprocess.run(
-            args,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            cwd=cwd,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise ToolError(
-            f"{stage}: {Path(args[0]).name} timed out after {timeout_s:g}s",
-            argv=args,
-            stderr_tail=_tail(e.stderr or b""),
-            code="tool-timeout",
-        ) from e
-    finally:
-        for f in (stdin, stdout):
-            if hasattr(f, "close"):
-                f.close()
+    with contextlib.ExitStack() as files:
+        stdin: IO[bytes] | int = files.enter_context(open(stdin_path, "rb")) if stdin_path else subprocess.DEVNULL
+        stdout: IO[bytes] | int = files.enter_context(open(stdout_path, "wb")) if stdout_path else subprocess.PIPE
+        try:
+            proc = subprocess.run(
+                args,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=full_env,
+                cwd=cwd,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise ToolError(
+                f"{stage}: {Path(args[0]).name} timed out after {timeout_s:g}s",
+                argv=args,
+                stderr_tail=_tail(e.stderr or b""),
+                code="tool-timeout",
+            ) from e
     result = Completed(args, proc.returncode, proc.stdout or b"", proc.stderr or b"")
     if check and proc.returncode != 0:
         tail = _tail(proc.stderr)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mkimage import __version__
+from mkimage.acpi.build import build_acpi, early_files
 from mkimage.bundle.container import write_bundle
 from mkimage.bundle.manifest import (
     Component,
@@ -27,9 +28,8 @@ from mkimage.bundle.manifest import (
     Signature,
 )
 from mkimage.context import default_cache_root
-from mkimage.errors import InputError, MkspawnError
-from mkimage.acpi.build import build_acpi, early_files
 from mkimage.devicetree.build import HardwareFile, build_devicetree
+from mkimage.errors import InputError, MkspawnError
 from mkimage.handover.build import build_handover, spawn_cmdline
 from mkimage.initramfs.build import build_initramfs
 from mkimage.kernel.build import build_kernel

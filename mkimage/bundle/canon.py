@@ -92,7 +92,7 @@ def parse_canonical(data: bytes, what: str, *, base_offset: int = 0) -> JsonObje
         ) from e
     if again != data:
         index = next(
-            (i for i, (a, b) in enumerate(zip(again, data)) if a != b), min(len(again), len(data))
+            (i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b), min(len(again), len(data))
         )
         raise FormatError(
             f"{what}: not in canonical form (sorted keys, no whitespace, no escapes "

@@ -9,6 +9,7 @@ import click
 
 from mkimage.bundle.static_check import StaticCheck, static_check
 from mkimage.commands.options import echo_json, json_option
+from mkimage.context import default_cache_root
 from mkimage.errors import BootCheckError, UsageError, VerifyError
 from mkimage.qemu.check import (
     DEFAULT_TIMEOUT_S,
@@ -18,7 +19,6 @@ from mkimage.qemu.check import (
     check_bundle,
     resolve_host_kernel,
 )
-from mkimage.context import default_cache_root
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import AbiProfile
 from mkimage.signing.trust import default_trust_dir, load_trust_store

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-import lz4  # type: ignore[import-untyped]
-import lz4.block  # type: ignore[import-untyped]
+import lz4
+import lz4.block
 import zstandard
 
 from mkimage.errors import FormatError, InputError

@@ -98,7 +98,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any]
     if not base_path.is_file():
         raise RecipeError(loc, EXTENDS_KEY, f"no such file: {os.path.relpath(base_path)}", code="no-such-file")
     base, base_locs = _load_tree(base_path, (*chain, path))
-    top_locs = {p: l for p, l in locs.items() if p and p[0] != EXTENDS_KEY}
+    top_locs = {p: loc for p, loc in locs.items() if p and p[0] != EXTENDS_KEY}
     _merge(base, base_locs, data, top_locs)
     base_locs[()] = Location(path)
     return base, base_locs

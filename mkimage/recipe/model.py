@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mkimage.recipe.settings import in_range, matches, setting
+from mkimage.recipe.settings import in_range, matches, optional, setting
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 VERSION_RE = r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
@@ -75,7 +75,7 @@ class Metadata:
         default=None,
         metadata=setting(
             "Timestamp for every mtime in the output. Unset: $SOURCE_DATE_EPOCH, else 0.",
-            check=lambda v: None if v is None else in_range(0, 0xFFFFFFFF)(v),
+            check=optional(in_range(0, 0xFFFFFFFF)),
         ),
     )
 
@@ -134,7 +134,7 @@ class KernelSource:
         default=None,
         metadata=setting(
             "Tarball URL (http/https), fetched once and cached by sha256.",
-            check=lambda v: None if v is None else matches(r"https?://\S+", "an http(s) URL")(v),
+            check=optional(matches(r"https?://\S+", "an http(s) URL")),
             example='"https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.12.tar.xz"',
         ),
     )
@@ -142,7 +142,7 @@ class KernelSource:
         default=None,
         metadata=setting(
             "Expected sha256 of the url (required) or tarball (optional) source.",
-            check=lambda v: None if v is None else matches(_SHA256_RE, "64 lowercase hex digits")(v),
+            check=optional(matches(_SHA256_RE, "64 lowercase hex digits")),
         ),
     )
     tarball: Path | None = field(
@@ -251,7 +251,7 @@ class KernelSpec:
     jobs: int | None = field(
         default=None,
         metadata=setting("Parallel make jobs. Unset: the number of CPUs.",
-                         check=lambda v: None if v is None else in_range(1, 1024)(v)),
+                         check=optional(in_range(1, 1024))),
     )
 
 
@@ -472,7 +472,7 @@ class PoolMemoryItem:
     )
     numa_node: int | None = field(
         default=None,
-        metadata=setting("NUMA node the chunk belongs to (mk2 and later).", check=lambda v: None if v is None else in_range(0, 1023)(v)),
+        metadata=setting("NUMA node the chunk belongs to (mk2 and later).", check=optional(in_range(0, 1023))),
     )
 
 
@@ -557,20 +557,20 @@ class DeviceItem:
 
     pci: str | None = field(default=None, metadata=setting("PCI address, e.g. \"0000:09:00.0\".", check=_bdf))
     vendor_id: int | None = field(
-        default=None, metadata=setting("PCI vendor id (with `pci`).", check=lambda v: None if v is None else in_range(0, 0xFFFF)(v)))
+        default=None, metadata=setting("PCI vendor id (with `pci`).", check=optional(in_range(0, 0xFFFF))))
     device_id: int | None = field(
-        default=None, metadata=setting("PCI device id (with `pci`).", check=lambda v: None if v is None else in_range(0, 0xFFFF)(v)))
+        default=None, metadata=setting("PCI device id (with `pci`).", check=optional(in_range(0, 0xFFFF))))
     alias: str | None = field(
         default=None,
         metadata=setting("Name in /aliases; a spawn renames a network device to it, e.g. \"eth0\".",
-                         check=lambda v: None if v is None else matches(DT_ALIAS_RE, "lowercase letters, digits and '-'")(v)),
+                         check=optional(matches(DT_ALIAS_RE, "lowercase letters, digits and '-'"))),
     )
     platform: str | None = field(
         default=None, metadata=setting("Platform device by driver name, e.g. \"serial8250\".",
-                                       check=lambda v: None if v is None else matches(r"[A-Za-z0-9_.,+-]+", "a driver name")(v)))
+                                       check=optional(matches(r"[A-Za-z0-9_.,+-]+", "a driver name"))))
     acpi_hid: str | None = field(
         default=None, metadata=setting("Platform device by ACPI hardware id, e.g. \"PNP0501\".",
-                                       check=lambda v: None if v is None else matches(ACPI_HID_RE, 'an ACPI id like "PNP0501"')(v)))
+                                       check=optional(matches(ACPI_HID_RE, 'an ACPI id like "PNP0501"'))))
 
 
 def _devices(value: object) -> str | None:
@@ -603,13 +603,13 @@ def _preserve(values: object) -> str | None:
 class InstanceSpec:
     name: str | None = field(
         default=None,
-        metadata=setting("Multikernel instance name.", check=lambda v: None if v is None else matches(NAME_RE, "a name")(v)),
+        metadata=setting("Multikernel instance name.", check=optional(matches(NAME_RE, "a name"))),
     )
     id: int | None = field(
         default=None,
         metadata=setting(
             "Multikernel instance id (KEXEC_MK_ID, 11 bits).",
-            check=lambda v: None if v is None else in_range(1, 2047)(v),
+            check=optional(in_range(1, 2047)),
         ),
     )
     profile: AbiProfile = field(
@@ -624,7 +624,7 @@ class InstanceSpec:
     cpu_count: int | None = field(
         default=None,
         metadata=setting("Number of CPUs, placed on [devicetree] pool_cpus (lowest whole cores first) when the "
-                         "trees are generated. Not with `cpus`.", check=lambda v: None if v is None else in_range(1, 8192)(v)),
+                         "trees are generated. Not with `cpus`.", check=optional(in_range(1, 8192))),
     )
     memory_bytes: int | None = field(
         default=None,

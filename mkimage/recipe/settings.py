@@ -133,6 +133,15 @@ def dir_exists(value: Any) -> str | None:
     return None if Path(value).is_dir() else f"no such directory: {value}"
 
 
+def optional(check: Check) -> Check:
+    """``check`` for a value that may be left unset (None)."""
+
+    def run(value: Any) -> str | None:
+        return None if value is None else check(value)
+
+    return run
+
+
 def each(check: Check) -> Check:
     def run_all(values: Any) -> str | None:
         for v in values:

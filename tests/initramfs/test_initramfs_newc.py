@@ -185,7 +185,7 @@ def test_reader_decodes_concatenated_early_and_compressed_segments(tmp_path: Pat
     segments = read_initramfs(path.read_bytes())
     assert [s.compression for s in segments] == [Compression.NONE, *CONCRETE]
     assert segments[0].members[-1].data == b"ucode"
-    for segment, compression in zip(segments[1:], CONCRETE):
+    for segment, compression in zip(segments[1:], CONCRETE, strict=True):
         assert [m.name for m in segment.members] == [f"{compression}.txt".encode()]
 
 

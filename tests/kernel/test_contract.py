@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from mkimage.errors import FormatError, InputError, UsageError
 from mkimage.kernel.contract import (
+    NOTE_TYPES,
     AbiProfile,
     Arch,
     ContractReport,
-    NOTE_TYPES,
     ImageKind,
     RuleName,
     check_image,

@@ -112,7 +112,9 @@ def test_bad_override(text: str) -> None:
 def test_override_error_names_the_option(tree: Path) -> None:
     with pytest.raises(RecipeError) as e:
         load_recipe(tree / "child" / "spawn.toml", ["instance.idd=3"], env={})
-    assert e.value.render() == "--set instance.idd=3: [instance] idd: unknown key 'idd'; did you mean 'id'? [unknown-key]"
+    assert e.value.render() == (
+        "--set instance.idd=3: [instance] idd: unknown key 'idd'; did you mean 'id'? [unknown-key]"
+    )
 
 
 def test_show_json_round_trips_the_resolved_recipe(tree: Path) -> None:
@@ -128,4 +130,5 @@ def test_show_toml_output_loads_back(tree: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "mkimage", "recipe", "show", str(tree / "child" / "spawn.toml")],
                           capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"})
     again = write(tree / "again.toml", done.stdout)
-    assert recipe_to_dict(load_recipe(again, env={})) == recipe_to_dict(load_recipe(tree / "child" / "spawn.toml", env={}))
+    original = load_recipe(tree / "child" / "spawn.toml", env={})
+    assert recipe_to_dict(load_recipe(again, env={})) == recipe_to_dict(original)
