@@ -183,60 +183,29 @@ def run_streaming(
     its own process group so a timeout or an interrupt also ends its children (make's
     compilers).  A failure raises ToolError citing the log and quoting its tail.
     """
-    args = [str(a) for a in argv]
-    args[0] = which(args[0]) if "/" not in args[0] else args[0]
-    log.debug("$ %s", shlex.join(args))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    timed_out = threading.Event()
-    with open(log_path, "w", encoding="utf-8", errors="replace") as log_file:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=base_env(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
 
-        def expire() -> None:
-            timed_out.set()
-            _kill_group(proc)
+    def keep(_t: float, line: str) -> bool:
+        tail.append(line)
+        if on_line is not None:
+            on_line(line)
+        return False
 
-        timer = threading.Timer(timeout_s, expire)
-        timer.start()
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                log_file.write(line + "\n")
-                tail.append(line)
-                if on_line is not None:
-                    on_line(line)
-            rc = proc.wait()
-        except BaseException:
-            _kill_group(proc)
-            proc.wait()
-            raise
-        finally:
-            timer.cancel()
-            if proc.stdout is not None:
-                proc.stdout.close()
+    done = run_until(argv, stage=stage, timeout_s=timeout_s, log_path=log_path, on_line=keep, env=env, cwd=cwd)
     text = "\n".join(tail)
-    name = Path(args[0]).name
-    if timed_out.is_set():
+    name = Path(done.argv[0]).name
+    if done.timed_out:
         raise ToolError(
             f"{stage}: {name} timed out after {timeout_s:g}s (log: {log_path})",
-            argv=args,
+            argv=done.argv,
             stderr_tail=text,
             code="tool-timeout",
         )
-    if rc != 0:
+    if done.returncode != 0:
+        rc = -1 if done.returncode is None else done.returncode
         raise ToolError(
-            f"{stage}: {name} {_describe_status(rc)} (log: {log_path})"
-            + (f": {tail[-1]}" if tail else ""),
-            argv=args,
+            f"{stage}: {name} {_describe_status(rc)} (log: {log_path})" + (f": {tail[-1]}" if tail else ""),
+            argv=done.argv,
             returncode=rc,
             stderr_tail=text,
         )

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import missing
+
+from tests.conftest import missing
 
 REPO = Path(__file__).resolve().parents[1]
 
