@@ -86,6 +86,7 @@ class ConsoleParser:
     probes: list[ProbeVerdict] = field(default_factory=list)
     loader_ended: bool = False
     lines: int = 0
+    expect_matched: bool = False  # anywhere in the spawn's console, its kernel log included
 
     def feed(self, line: str, t: float | None = None) -> bool:
         """Take one line; True once the verdict is final (QEMU may be stopped)."""
@@ -118,7 +119,10 @@ class ConsoleParser:
                 self._reach(Stage.SPAWN_USERSPACE, t)
             elif seen != self.nonce:
                 self.foreign_nonce = seen
-        if self.expect is not None and Stage.SPAWN_USERSPACE in self.stages and self.expect.search(line):
+        if self.expect is not None and Stage.EXEC in self.stages and self.expect.search(line):
+            self.expect_matched = True
+        # The pattern may come before the nonce (a kernel line) or after it (userland).
+        if self.expect_matched and Stage.SPAWN_USERSPACE in self.stages:
             self._reach(Stage.EXPECT, t)
         return self.finished
 
