@@ -12,12 +12,15 @@ import gzip
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
+from mkimage.context import default_cache_root
 from mkimage.errors import ToolError
 from mkimage.run import run
 
@@ -302,3 +305,21 @@ def synthetic_kernel(tmp_path_factory: pytest.TempPathFactory, synthetic_bzimage
     path = tmp_path_factory.mktemp("synthetic") / "bzImage"
     path.write_bytes(synthetic_bzimage)
     return path
+
+
+def run_mkspawn(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
+                timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process, as a user runs it.
+
+    The cache stays the user's (kernel builds are reused); the config dir is a fresh
+    empty one, so no test depends on the developer's default trust store.
+    """
+    full_env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(Path.home()),
+        "XDG_CACHE_HOME": str(default_cache_root().parent),
+        "XDG_CONFIG_HOME": "/nonexistent/mkspawn-test-config",
+        **(env or {}),
+    }
+    return subprocess.run([sys.executable, "-m", "mkimage", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout_s)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,16 +17,11 @@ from mkimage.errors import ExitCode, MkspawnError, VerifyError
 from mkimage.handover.binding import decode_handover
 from mkimage.signing.keys import PassphraseSource, load_private_key
 from mkimage.signing.trust import load_trust_store
+from tests.conftest import run_mkspawn as mkspawn
 
 KEYS = Path(__file__).resolve().parents[1] / "data" / "keys"
 EPOCH = 1_700_000_000
 
-
-def mkspawn(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-    full_env = {"PATH": os.environ["PATH"], "HOME": str(cwd or Path.cwd()), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "mkimage", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=full_env, timeout=120)
 
 
 def one_error_line(done: subprocess.CompletedProcess[str], code: int) -> str:

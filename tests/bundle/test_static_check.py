@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.conftest import run_mkspawn as mkspawn
 
 KEYS = Path(__file__).resolve().parents[1] / "data" / "keys"
 
-
-def mkspawn(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mkimage", *map(str, args)], capture_output=True, text=True,
-                          env={"PATH": os.environ["PATH"], "HOME": "/nonexistent"}, timeout=120)
 
 
 def test_debian_kernel_passes_with_release(debian_kernel: Path) -> None:

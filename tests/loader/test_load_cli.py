@@ -5,22 +5,14 @@ kernel on the machine running the tests; it is exercised inside QEMU instead.)""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mkimage.loader.multikernel import has_filesystem
+from tests.conftest import run_mkspawn as mkspawn
 from tests.qemu.conftest import KEYS, make_bundle
-
-
-def mkspawn(*args: object) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ["PATH"], "HOME": str(Path.home())}
-    return subprocess.run([sys.executable, "-m", "mkimage", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
 
 
 @pytest.fixture

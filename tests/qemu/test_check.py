@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,15 +14,11 @@ from mkimage.qemu.check import CheckOptions, HostKernel, Mode, check_payload
 from mkimage.qemu.console import Outcome, Stage
 from mkimage.qemu.hostfs import SpawnPayload
 from mkimage.recipe.model import InitramfsSpec
+from tests.conftest import run_mkspawn as mkspawn
 from tests.qemu.conftest import EPOCH, cache_root, make_bundle, qemu_processes
 
 pytestmark = pytest.mark.slow
 
-
-def mkspawn(*args: object, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ["PATH"], "HOME": str(Path.home()), "XDG_CACHE_HOME": str(cache_root().parent)}
-    return subprocess.run([sys.executable, "-m", "mkimage", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout_s)
 
 
 def test_debian_host_boots_the_minimal_spawn_and_sees_the_nonce(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mkimage.bundle.build import build_bundle
 from mkimage.recipe.load import load_recipe
+from tests.conftest import run_mkspawn as mkspawn
 from tests.qemu.conftest import EPOCH, KEYS, make_bundle
-from tests.qemu.test_check import mkspawn
 
 
 def test_an_unsigned_bundle_is_rejected_before_any_boot(tmp_path: Path, synthetic_kernel: Path,

@@ -20,8 +20,8 @@ from mkimage.qemu.hostfs import SpawnPayload
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.authenticode import sign_image
 from tests.conftest import needs_tool
+from tests.conftest import run_mkspawn as mkspawn
 from tests.qemu.conftest import REPO, cache_root, make_bundle
-from tests.qemu.test_check import mkspawn
 from tests.signing.kexec_ca import KexecCA, kexec_ca
 
 pytestmark = pytest.mark.slow
