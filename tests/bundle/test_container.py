@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +34,9 @@ from mkimage.bundle.manifest import (
 )
 from mkimage.bundle.tarball import BLOCK_SIZE, RECORD_SIZE, write_archive
 from mkimage.errors import FormatError
+from tests.conftest import needs_tool
 
 EPOCH = 1700000000
-needs_gnu_tar = pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
 
 
 def pseudo_random(seed: str, size: int) -> bytes:
@@ -169,8 +168,8 @@ def test_bundle_matches_hand_built_archive(tmp_path: Path) -> None:
     assert build_bundle(tmp_path) == raw_bundle(standard_members())
 
 
-@needs_gnu_tar
 def test_gnu_tar_lists_extracts_and_recreates(tmp_path: Path) -> None:
+    needs_tool("tar")
     bundle = tmp_path / "b.mkb"
     bundle.write_bytes(build_bundle(tmp_path))
     listing = subprocess.run(

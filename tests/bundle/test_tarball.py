@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from mkimage.bundle.tarball import (
     write_header,
 )
 from mkimage.errors import FormatError
+from tests.conftest import needs_tool
 
 EPOCH = 1700000000
 
@@ -50,7 +50,6 @@ FIELDS = {
     "pad": (500, 12),
 }
 
-needs_gnu_tar = pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
 
 
 def make_archive(members: list[tuple[str, bytes]], mtime: int = EPOCH) -> bytes:
@@ -211,8 +210,8 @@ def test_write_header_rejects_out_of_range_numbers(size: int, mtime: int) -> Non
 # --- interoperability --------------------------------------------------------------------
 
 
-@needs_gnu_tar
 def test_gnu_tar_lists_and_extracts(tmp_path: Path) -> None:
+    needs_tool("tar")
     archive = tmp_path / "a.tar"
     archive.write_bytes(make_archive(TWO))
     listing = subprocess.run(
@@ -229,9 +228,9 @@ def test_gnu_tar_lists_and_extracts(tmp_path: Path) -> None:
         assert (out / name).read_bytes() == data
 
 
-@needs_gnu_tar
 def test_gnu_tar_writes_the_same_bytes(tmp_path: Path) -> None:
     """GNU tar, asked for ustar with root ownership, produces our archive byte for byte."""
+    needs_tool("tar")
     for name, data in TWO:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)

@@ -20,6 +20,7 @@ import pytest
 from mkimage.loader import errnos, multikernel
 from mkimage.loader.__main__ import Usage, fail_line, main, parse
 from mkimage.loader.errnos import LoaderError, UnsupportedHost
+from tests.conftest import missing
 
 LOADER = Path(__file__).resolve().parents[2] / "mkimage" / "loader"
 # What the QEMU check's host initramfs carries (mkimage/qemu/hostfs.py finds the rest).
@@ -95,7 +96,7 @@ def test_the_loader_imports_only_what_the_guest_carries() -> None:
 def test_debian_interpreter_runs_the_loader_isolated() -> None:
     python = Path("/usr/bin/python3.11")
     if not python.is_file():
-        pytest.skip("Debian's python3.11 is not installed")
+        missing("Debian's python3.11 is not installed")
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from mkimage.loader.__main__ import main; "
             "sys.exit(main(['kexec']))")
     done = subprocess.run([python, "-S", "-I", "-c", code, str(LOADER.parents[1])], capture_output=True,
