@@ -37,6 +37,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "qemu-system-x86_64": "qemu-system-x86",
     "busybox": "busybox-static",
     "make": "make",
+    "depmod": "kmod",
     "gcc": "gcc",
     "ccache": "ccache",
     "tar": "tar",
@@ -73,9 +74,14 @@ class Completed:
     stderr: bytes
 
 
+# Debian keeps depmod and friends in sbin, which a normal user's PATH lacks.
+SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
 def which(tool: str) -> str:
-    """Absolute path of ``tool`` or a ToolError naming the package to install."""
-    found = shutil.which(tool)
+    """Absolute path of ``tool`` (on PATH, else in the sbin directories) or a ToolError
+    naming the package to install."""
+    found = shutil.which(tool) or shutil.which(tool, path=SBIN_PATH)
     if found is None:
         pkg = TOOL_PACKAGES.get(tool)
         hint = f"install the Debian package '{pkg}'" if pkg else None

@@ -7,7 +7,9 @@ make at all.  On a miss the stages run in order and stop at the first failure:
 
   source  → materialise the tree (download, extract, fetch) and apply the patch series
   config  → base config, merge the request, olddefconfig, check nothing was dropped
-  compile → make with fixed KBUILD_BUILD_* so the outputs are reproducible
+  compile → make with fixed KBUILD_BUILD_* so the outputs are reproducible; with
+            CONFIG_MODULES=y the same make also builds the modules, which are then
+            installed (stripped, depmod run) into the entry's ``modroot/``
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from mkimage.kernel.patches import PatchSeries, patched_tree, read_series
 from mkimage.kernel.source import SourceIdentity, materialise_source, source_identity
 from mkimage.outputs import write_atomic
 from mkimage.recipe.model import KernelSpec
-from mkimage.run import run, run_streaming
+from mkimage.run import run, run_streaming, which
 
 log = logging.getLogger("mkspawn")
 
@@ -59,6 +61,8 @@ PROGRESS_EVERY_OBJECTS = 100
 # carry the recipe's absolute path and the image stays reproducible across checkouts.
 TRUSTED_KEYS_NAME = "mkspawn-trusted-keys.pem"
 ENTRY_NAME = "entry.json"
+MODROOT_NAME = "modroot"  # INSTALL_MOD_PATH inside the entry: modroot/lib/modules/<release>/
+INSTALL_TIMEOUT_S = 900
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -93,6 +97,9 @@ class KernelBuild:
     config_sha256: str
     tools: dict[str, str]
     build_log: Path
+    # lib/modules/<release> as modules_install left it (modules.dep and friends included);
+    # None when the kernel was built without CONFIG_MODULES=y.
+    modules_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +245,15 @@ def _load_entry(cache: KernelCache, key: str, *, cache_hit: bool) -> KernelBuild
     paths = {field: out / name for field, name in _FILES.items()}
     if entry.get("key") != key or not all(p.is_file() for p in paths.values()):
         return None
+    modules = entry.get("modules")
+    if modules is None and modules_enabled(paths["config"].read_text(errors="replace")):
+        return None  # an entry from before modules were installed: incomplete, build it again
+    modules_dir = out / MODROOT_NAME / "lib" / "modules" / entry["release"] if modules else None
+    if modules_dir is not None and not (modules_dir / "modules.dep").is_file():
+        return None
     return KernelBuild(
         **paths,
+        modules_dir=modules_dir,
         release=entry["release"],
         cache_key=key,
         cache_hit=cache_hit,
@@ -262,11 +276,12 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     remove_tree(build_dir)
     build_dir.mkdir(parents=True)
     make = ["make", "-C", str(tree), f"O={build_dir}", *plan.make_vars]
-    configure(spec, params, tree, build_dir, plan.request, make, plan.env)
+    final = configure(spec, params, tree, build_dir, plan.request, make, plan.env)
+    modules = modules_enabled(final)
 
     log_path = build_dir / "build.log"
     jobs = spec.jobs or os.cpu_count() or 1
-    compile_argv = [*make, f"-j{jobs}", params.image_target]
+    compile_argv = [*make, f"-j{jobs}", params.image_target, *(["modules"] if modules else [])]
     _announce(compile_argv, plan.env)
     progress = _Progress()
     try:
@@ -284,16 +299,21 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     staging.mkdir(parents=True)
     sources = {"image": params.image_path, "vmlinux": "vmlinux", "config": ".config",
                "system_map": "System.map", "build_log": "build.log"}
+    release = (build_dir / "include" / "config" / "kernel.release").read_text().strip()
+    tools = dict(plan.tools)
+    if modules:
+        _install_modules(make, build_dir, staging / MODROOT_NAME, release, plan.env)
+        tools["depmod"] = tool_identity(cache, "depmod", "--version")
     for field, rel in sources.items():
         os.replace(build_dir / rel, staging / _FILES[field])
-    release = (build_dir / "include" / "config" / "kernel.release").read_text().strip()
     entry = {
         "key": plan.key,
         "release": release,
         "inputs": inputs,
         "config_sha256": sha256_file(staging / "config"),
-        "tools": plan.tools,
+        "tools": tools,
         "make": shlex.join(compile_argv),
+        "modules": modules,
     }
     write_atomic(staging / ENTRY_NAME, json.dumps(entry, indent=1, sort_keys=True).encode())
     remove_tree(out)
@@ -301,6 +321,37 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     # The O= tree is 80+ MB and never reused: a different request is a different key.
     remove_tree(build_dir)
     log.info("kernel: built %s (%d objects) in %.0fs", release, progress.objects, time.monotonic() - started)
+
+
+def modules_enabled(config_text: str) -> bool:
+    record = parse_config(config_text).get("MODULES")
+    return record is not None and record.value == "y"
+
+
+def _install_modules(make: Sequence[str], build_dir: Path, modroot: Path, release: str,
+                     env: Mapping[str, str]) -> None:
+    """``make modules_install`` into ``modroot``: stripped of debug info, indexed by depmod.
+
+    The ``build`` link modules_install leaves points into the O= tree, which is removed
+    after the build, so it goes too.
+    """
+    log_path = build_dir / "modules_install.log"
+    argv = [*make, f"INSTALL_MOD_PATH={modroot}", "INSTALL_MOD_STRIP=1", f"DEPMOD={which('depmod')}",
+            "modules_install"]
+    _announce(argv, env)
+    try:
+        run_streaming(argv, stage="kernel", timeout_s=INSTALL_TIMEOUT_S, env=env, log_path=log_path)
+    except ToolError as e:
+        raise ToolError(f"kernel: modules_install failed: {_first_error(log_path) or 'make ' + _describe(e)} "
+                        f"(log: {log_path})", argv=e.argv, returncode=e.returncode, stderr_tail=e.stderr_tail,
+                        code="kernel-build-failed") from e
+    modules_dir = modroot / "lib" / "modules" / release
+    for link in ("build", "source"):
+        if (modules_dir / link).is_symlink():
+            (modules_dir / link).unlink()
+    if not (modules_dir / "modules.dep").is_file():
+        raise ToolError(f"kernel: modules_install wrote no {modules_dir / 'modules.dep'} (log: {log_path})",
+                        argv=argv, code="kernel-build-failed")
 
 
 def configure(

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import stat
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from mkimage.kernel.release import embedded_config, kernel_release
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import KernelSource, KernelSpec
 from tests.conftest import missing, needs_tool
+from tests.kernel.conftest import recorded_calls as _calls
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = REPO / "recipes" / "minimal.toml"
@@ -42,26 +41,6 @@ def _build(spec: KernelSpec) -> KernelBuild:
 def minimal() -> KernelBuild:
     """The real kernel: a cold build takes minutes once, then the cache answers."""
     return _build(_minimal_spec())
-
-
-@pytest.fixture
-def make_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A ``make`` first on PATH that appends its arguments to a file, then runs the real one."""
-    real = shutil.which("make")
-    assert real is not None
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    record = tmp_path / "make-calls.txt"
-    record.write_text("")
-    wrapper = bin_dir / "make"
-    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {record}\nexec {real} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    return record
-
-
-def _calls(record: Path) -> list[str]:
-    return record.read_text().splitlines()
 
 
 @pytest.mark.slow
