@@ -93,6 +93,7 @@ class _Plan:
     config_sha256: str = ""
     kernel_config: Path | None = None  # the spawn's .config, when known
     early_files: list[tuple[str, Path]] = field(default_factory=list)
+    modules_dir: Path | None = None  # lib/modules/<release> of a kernel built with modules
 
     def add_hardware(self, files: list[HardwareFile]) -> None:
         self.files.extend(StagedFile(Role(f.role.value), f.member, f.path, f.media_type) for f in files)
@@ -142,6 +143,7 @@ def _compiled_kernel(recipe: Recipe, plan: _Plan, cache_root: Path) -> _KernelFi
     # Base names: the digests identify the content, and absolute paths would differ per checkout.
     plan.inputs.extend(Input(InputKind(kind), Path(name).name, digest) for kind, name, digest in built.inputs)
     plan.tools.update(built.tools)
+    plan.modules_dir = built.modules_dir
     wants_vmlinux = recipe.instance.profile in (AbiProfile.MK2, AbiProfile.MK_MASTER)
     return _KernelFiles(built.image, built.vmlinux if wants_vmlinux else None, built.config)
 
@@ -194,7 +196,8 @@ def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     epoch = recipe.metadata.source_date_epoch
     assert epoch is not None
     result = build_initramfs(recipe.initramfs, work_dir / "initrd", source_date_epoch=epoch,
-                             kernel_config=plan.kernel_config, early_files=plan.early_files)
+                             kernel_config=plan.kernel_config, early_files=plan.early_files,
+                             modules_dir=plan.modules_dir)
     plan.files.append(StagedFile(Role.INITRD, "initrd", result.path, result.media_type))
     plan.tools.update(result.tools)
     plan.inputs.extend(Input(InputKind.FILE, _input_name(Path(name), recipe), digest)

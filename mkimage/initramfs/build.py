@@ -21,10 +21,12 @@ from mkimage.initramfs.compress import (
     compressing,
     compressor_versions,
 )
+from mkimage.initramfs.modules import module_entries
 from mkimage.initramfs.newc import CpioEntry, write_archive
-from mkimage.initramfs.userland import host_file, layout_userland
+from mkimage.initramfs.userland import Layout, host_file, layout_userland
 from mkimage.outputs import atomic_output
 from mkimage.recipe.model import Compression, InitramfsSpec
+from mkimage.run import tool_version
 
 MICROCODE_DIR = "kernel/x86/microcode"  # Documentation/arch/x86/microcode.rst
 
@@ -48,12 +50,14 @@ def build_initramfs(
     source_date_epoch: int,
     kernel_config: Path | None = None,
     early_files: Sequence[tuple[str, Path]] = (),
+    modules_dir: Path | None = None,
 ) -> InitramfsResult:
     """Write the initramfs the spec describes to ``out``.
 
     ``kernel_config`` (a .config) restricts and resolves the compression;
     ``early_files`` are (archive path, host file) pairs for the early segment, e.g.
-    ``("kernel/firmware/acpi/ssdt1.aml", path)`` from the ACPI stage.
+    ``("kernel/firmware/acpi/ssdt1.aml", path)`` from the ACPI stage; ``modules_dir``
+    is the kernel's ``lib/modules/<release>`` that ``spec.modules`` are taken from.
     """
     if spec.image is not None:
         raise InputError("initramfs.image is set: the recipe uses a prebuilt initramfs, there is nothing to build",
@@ -62,6 +66,9 @@ def build_initramfs(
     digests: dict[str, str] = {}
     early = early_entries(spec, early_files, digests)
     layout, tools = layout_userland(spec, digests)
+    if spec.modules:
+        _add_modules(layout, spec, modules_dir, kernel_config)
+        tools["kmod"] = tool_version("depmod", "--version")
     try:
         with atomic_output(out) as f:
             early_size = write_archive(early, f, source_date_epoch=source_date_epoch) if early else 0
@@ -87,6 +94,19 @@ def early_entries(spec: InitramfsSpec, early_files: Sequence[tuple[str, Path]],
     files = [(f"{MICROCODE_DIR}/{path.name}", path, "initramfs.microcode") for path in spec.microcode]
     files += [(name, path, f"early file {name}") for name, path in early_files]
     return [host_file(path, key, digests, name=os.fsencode(name), mode=0o644) for name, path, key in files]
+
+
+def _add_modules(layout: Layout, spec: InitramfsSpec, modules_dir: Path | None,
+                 kernel_config: Path | None) -> None:
+    if modules_dir is None:
+        if kernel_config is not None and "CONFIG_MODULES=y" not in kernel_config.read_text(errors="replace").split():
+            raise InputError("initramfs.modules: the kernel is built without CONFIG_MODULES=y, so it has no "
+                             'modules to load; set MODULES = "y" in [kernel.options]', code="no-module-tree")
+        raise InputError("initramfs.modules: the kernel has no module tree to take modules from; only a kernel "
+                         "built from [kernel] source with CONFIG_MODULES=y brings one (a prebuilt [kernel] image "
+                         "does not)", code="no-module-tree")
+    for entry in module_entries(modules_dir, spec.modules):
+        layout.add(entry, "initramfs.modules", generated=True)
 
 
 def _measure(path: Path) -> tuple[int, str]:

@@ -323,6 +323,14 @@ def _microcode(values: object) -> str | None:
     return _files(values)
 
 
+_MODULE_NAME = matches(r"[A-Za-z0-9_-]+", "a module name such as 'test_static_keys' (no path, no .ko)")
+
+
+def _module_names(values: object) -> str | None:
+    assert isinstance(values, list)
+    return next((problem for v in values if (problem := _MODULE_NAME(v))), None)
+
+
 @dataclass(frozen=True, slots=True)
 class FileItem:
     src: Path = field(metadata=setting("Host file to copy.", check=_file))
@@ -392,6 +400,14 @@ class InitramfsSpec:
         default_factory=list,
         metadata=setting("Host ELF executables, copied with their shared-library closure at their host paths.",
                          check=_files, example='["/usr/bin/python3.11"]'),
+    )
+    modules: list[str] = field(
+        default_factory=list,
+        metadata=setting(
+            "Kernel modules (names as modprobe takes them; '-' and '_' are the same) copied from the built "
+            "kernel's module tree with everything modules.dep says they need, indexed for `modprobe NAME`.",
+            check=_module_names, example='["test_static_keys"]',
+        ),
     )
     nodes: list[NodeItem] = field(
         default_factory=list,
