@@ -9,6 +9,8 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(
   # kernel builds (make/kconfig from Debian's linux-source tarballs)
   build-essential bc bison flex libelf-dev libssl-dev ccache cpio kmod linux-source-6.12 xz-utils
+  # arm64 cross builds (ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-) and their boot test
+  gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
   # initramfs userland and compressors the kernel unpacks
   busybox-static gzip zstd lz4
   # device trees, ACPI tables, Authenticode, boot checks

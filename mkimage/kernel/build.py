@@ -74,10 +74,17 @@ class ArchParams:
     srcarch: str  # directory under arch/
     image_target: str
     image_path: str  # relative to O=
+    machine: str  # `uname -m` of a host that builds natively
+    cross_compile: str  # CROSS_COMPILE= on any other host (Debian's cross toolchain prefix)
+
+    def toolchain_prefix(self, host_machine: str) -> str:
+        return "" if host_machine == self.machine else self.cross_compile
 
 
 ARCHES: dict[str, ArchParams] = {
-    "x86_64": ArchParams("x86_64", "x86", "bzImage", "arch/x86/boot/bzImage"),
+    "x86_64": ArchParams("x86_64", "x86", "bzImage", "arch/x86/boot/bzImage", "x86_64", "x86_64-linux-gnu-"),
+    # The uncompressed Image: arm64 kexec_file_load takes nothing else (kexec-and-formats.md §3).
+    "arm64": ArchParams("arm64", "arm64", "Image", "arch/arm64/boot/Image", "aarch64", "aarch64-linux-gnu-"),
 }
 
 
@@ -178,10 +185,11 @@ def _plan(spec: KernelSpec, params: ArchParams, cache: KernelCache, epoch: int, 
         request.add_options({"SYSTEM_TRUSTED_KEYS": f'"{TRUSTED_KEYS_NAME}"'}, "[kernel] trusted_keys")
         inputs.append(("trusted-keys", str(spec.trusted_keys), sha256_file(spec.trusted_keys)))
 
+    cross = params.toolchain_prefix(os.uname().machine)
     tools = {
         "make": tool_identity(cache, "make"),
-        "gcc": tool_identity(cache, "gcc"),
-        "ld": tool_identity(cache, "ld"),
+        "gcc": tool_identity(cache, f"{cross}gcc"),
+        "ld": tool_identity(cache, f"{cross}ld"),
     }
     env = kbuild_env(epoch)
     material = {
@@ -204,7 +212,8 @@ def _plan(spec: KernelSpec, params: ArchParams, cache: KernelCache, epoch: int, 
         # the cache paths relative, so other O= directories still hit.
         env = {**env, "CCACHE_DIR": str(cache.ccache_dir), "CCACHE_BASEDIR": str(cache.root),
                "CCACHE_DEPEND": "1"}
-    make_vars = [f"ARCH={params.make_arch}"] + (["CC=ccache gcc"] if use_ccache else [])
+    make_vars = [f"ARCH={params.make_arch}"] + ([f"CROSS_COMPILE={cross}"] if cross else [])
+    make_vars += [f"CC=ccache {cross}gcc"] if use_ccache else []
     return _Plan(key, identity, series, request, inputs, tools, env, make_vars)
 
 
@@ -448,7 +457,7 @@ class _Progress:
                 log.info("kernel: %s: %d objects compiled", _PHASES[self.phase], self.objects)
         elif text.startswith("  LD ") and "vmlinux" in text:
             self._advance(1)
-        elif text.startswith(("  BUILD ", "Kernel: ")):
+        elif text.startswith(("  BUILD ", "Kernel: ", "  OBJCOPY arch/arm64/boot/Image")):
             self._advance(2)
 
     def _advance(self, phase: int) -> None:
