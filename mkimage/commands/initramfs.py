@@ -39,7 +39,7 @@ def command(recipe: Path | None, out: Path | None, list_path: Path | None, overr
     model = load_recipe(recipe, overrides)
     assert model.metadata.source_date_epoch is not None  # the loader fills it in
     result = build_initramfs(model.initramfs, out, source_date_epoch=model.metadata.source_date_epoch,
-                             kernel_config=model.kernel.config)
+                             kernel_config=model.kernel.config, arch=model.metadata.arch)
     if as_json:
         echo_json({"path": str(result.path), "size": result.size, "sha256": result.sha256,
                    "compression": str(result.compression), "media_type": result.media_type,

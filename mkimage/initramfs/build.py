@@ -25,7 +25,7 @@ from mkimage.initramfs.modules import module_entries
 from mkimage.initramfs.newc import CpioEntry, write_archive
 from mkimage.initramfs.userland import Layout, host_file, layout_userland
 from mkimage.outputs import atomic_output
-from mkimage.recipe.model import Compression, InitramfsSpec
+from mkimage.recipe.model import Arch, Compression, InitramfsSpec
 from mkimage.run import tool_version
 
 MICROCODE_DIR = "kernel/x86/microcode"  # Documentation/arch/x86/microcode.rst
@@ -51,13 +51,15 @@ def build_initramfs(
     kernel_config: Path | None = None,
     early_files: Sequence[tuple[str, Path]] = (),
     modules_dir: Path | None = None,
+    arch: Arch = Arch.X86_64,
 ) -> InitramfsResult:
     """Write the initramfs the spec describes to ``out``.
 
     ``kernel_config`` (a .config) restricts and resolves the compression;
     ``early_files`` are (archive path, host file) pairs for the early segment, e.g.
     ``("kernel/firmware/acpi/ssdt1.aml", path)`` from the ACPI stage; ``modules_dir``
-    is the kernel's ``lib/modules/<release>`` that ``spec.modules`` are taken from.
+    is the kernel's ``lib/modules/<release>`` that ``spec.modules`` are taken from;
+    ``arch`` is the target, whose ELF machine every packed program must match.
     """
     if spec.image is not None:
         raise InputError("initramfs.image is set: the recipe uses a prebuilt initramfs, there is nothing to build",
@@ -65,7 +67,7 @@ def build_initramfs(
     compression = choose_compression(spec.compression, kernel_config)
     digests: dict[str, str] = {}
     early = early_entries(spec, early_files, digests)
-    layout, tools = layout_userland(spec, digests)
+    layout, tools = layout_userland(spec, digests, arch)
     if spec.modules:
         _add_modules(layout, spec, modules_dir, kernel_config)
         tools["kmod"] = tool_version("depmod", "--version")

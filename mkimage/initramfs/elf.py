@@ -32,10 +32,15 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
 from mkimage.errors import InputError
+from mkimage.recipe.model import Arch
 
 ELF_MAGIC = b"\x7fELF"
 MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
 LD_SO_CONF = Path("/etc/ld.so.conf")
+
+# The e_machine a target's kernel executes (pyelftools' names, as readelf prints them).
+ARCH_MACHINES: dict[Arch, str] = {Arch.X86_64: "EM_X86_64", Arch.ARM64: "EM_AARCH64"}
+_MACHINE_NAMES = {"EM_X86_64": "x86-64", "EM_AARCH64": "AArch64", "EM_386": "i386", "EM_ARM": "32-bit Arm"}
 
 # e_machine → (Debian multiarch triplet, $PLATFORM)
 _MACHINES = {
@@ -81,6 +86,31 @@ def elf_identity(path: str) -> tuple[int, int] | None:
         return None
     machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
     return (32 if head[4] == 1 else 64), machine
+
+
+def elf_machine(path: Path) -> str | None:
+    """e_machine as pyelftools names it (``EM_X86_64``), or None if the file is not ELF."""
+    try:
+        with open(path, "rb") as f:
+            return str(ELFFile(f)["e_machine"])
+    except (ELFError, OSError):
+        return None
+
+
+def check_machine(path: Path, arch: Arch, key: str) -> None:
+    """Refuse an ELF the target's kernel cannot execute (non-ELF files, e.g. scripts, pass)."""
+    machine = elf_machine(path)
+    wanted = ARCH_MACHINES[arch]
+    if machine is None or machine == wanted:
+        return
+    raise InputError(
+        f"{key}: {path} is an ELF for {_MACHINE_NAMES.get(machine, machine)} (e_machine {machine}), but the recipe "
+        f"targets {arch}, whose kernel runs only {wanted} programs",
+        code="elf-machine-mismatch",
+        hint="give an executable built for the target" + (
+            "; for busybox set initramfs.busybox = false and initramfs.init to a static program"
+            if key == "initramfs.busybox" else ""),
+    )
 
 
 def read_elf(path: str) -> ElfInfo:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mkimage.errors import InputError
-from mkimage.initramfs.elf import LibraryResolver, elf_identity
+from mkimage.initramfs.elf import LibraryResolver, check_machine, elf_identity
 from mkimage.initramfs.newc import CpioEntry, EntryKind, Reader, archive_name, show_name
-from mkimage.recipe.model import InitramfsSpec, NodeType
+from mkimage.recipe.model import Arch, InitramfsSpec, NodeType
 from mkimage.run import run
 
 BUSYBOX = Path("/bin/busybox")  # Debian busybox-static: no libraries to chase
@@ -160,13 +160,23 @@ def _same(a: CpioEntry, b: CpioEntry) -> bool:
         b.kind, b.mode, b.target, b.data, b.rdev_major, b.rdev_minor)
 
 
-def layout_userland(spec: InitramfsSpec, digests: dict[str, str] | None) -> tuple[Layout, dict[str, str]]:
-    """Every main-archive entry the spec asks for, and versions of host tools packed."""
+def layout_userland(spec: InitramfsSpec, digests: dict[str, str] | None,
+                    arch: Arch = Arch.X86_64) -> tuple[Layout, dict[str, str]]:
+    """Every main-archive entry the spec asks for, and versions of host tools packed.
+
+    Programs (busybox, init, binaries) must be ELF files for ``arch``: a host x86-64
+    binary in an arm64 initramfs is refused, not packed.
+    """
     layout = Layout()
     tools: dict[str, str] = {}
     layout.add(CONSOLE, "initramfs (/dev/console)", generated=True)
     if spec.busybox:
+        check_machine(BUSYBOX, arch, "initramfs.busybox")
         tools["busybox"] = _add_busybox(layout, digests)
+    if spec.init is not None:
+        check_machine(spec.init, arch, "initramfs.init")
+    for i, binary in enumerate(spec.binaries):
+        check_machine(binary, arch, f"initramfs.binaries[{i}]")
     _add_init(layout, spec, digests)
     for i, item in enumerate(spec.files):
         key = f"initramfs.files[{i}]"
