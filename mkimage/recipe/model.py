@@ -7,14 +7,11 @@ attribute names, and docs/recipes.md is generated from these declarations.
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkimage.recipe import checks
 from mkimage.recipe.settings import in_range, matches, optional, setting
-
-NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-VERSION_RE = r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
 
 
 class Arch(enum.StrEnum):
@@ -29,17 +26,6 @@ class AbiProfile(enum.StrEnum):
     V2 = "v2"
     MK2 = "mk2"
     MK_MASTER = "mk-master"
-
-
-def _shown(path: Path) -> str:
-    return os.path.relpath(path)
-
-
-def _file(value: object) -> str | None:
-    if value is None:
-        return None
-    assert isinstance(value, Path)
-    return None if value.is_file() else f"no such file: {_shown(value)}"
 
 
 class KeyRef(str):
@@ -59,14 +45,14 @@ class Metadata:
     name: str = field(
         metadata=setting(
             "Recipe name; bundles and rollback state are keyed by it.",
-            check=matches(NAME_RE, "a name of letters, digits, '.', '_' or '-'"),
+            check=matches(checks.NAME_RE, "a name of letters, digits, '.', '_' or '-'"),
             example='"demo-spawn"',
         )
     )
     version: str = field(
         metadata=setting(
             "Recipe version: dotted non-negative integers, compared numerically for rollback protection.",
-            check=matches(VERSION_RE, 'a version like "1.2.3"'),
+            check=matches(checks.VERSION_RE, 'a version like "1.2.3"'),
             example='"1.0.0"',
         )
     )
@@ -78,35 +64,6 @@ class Metadata:
             check=optional(in_range(0, 0xFFFFFFFF)),
         ),
     )
-
-
-_SHA256_RE = r"[0-9a-f]{64}"
-
-
-def _kernel_dir(value: object) -> str | None:
-    if value is None:
-        return None
-    assert isinstance(value, Path)
-    return None if value.is_dir() else f"no such directory: {_shown(value)}"
-
-
-def _kernel_files(values: object) -> str | None:
-    assert isinstance(values, list)
-    return next((m for m in map(_file, values) if m), None)
-
-
-_KCONFIG_SYMBOL = matches(r"(?!CONFIG_)[A-Za-z0-9_]+", "a Kconfig symbol without the CONFIG_ prefix")
-_KCONFIG_VALUE = matches(r'[ymn]|-?[0-9]+|0[xX][0-9a-fA-F]+|"(?:[^"\\]|\\.)*"',
-                         'y, m, n, a number, or a double-quoted string such as \'"console=ttyS0"\'')
-
-
-def _kconfig_options(value: object) -> str | None:
-    assert isinstance(value, dict)
-    for sym, val in value.items():
-        problem = _KCONFIG_SYMBOL(sym) or _KCONFIG_VALUE(val)
-        if problem:
-            return f"{sym}: {problem}"
-    return None
 
 
 def _kernel_source(value: object) -> str | None:
@@ -142,18 +99,18 @@ class KernelSource:
         default=None,
         metadata=setting(
             "Expected sha256 of the url (required) or tarball (optional) source.",
-            check=optional(matches(_SHA256_RE, "64 lowercase hex digits")),
+            check=optional(matches(checks.SHA256_RE, "64 lowercase hex digits")),
         ),
     )
     tarball: Path | None = field(
         default=None,
-        metadata=setting("Local source tarball (.tar, .tar.gz, .tar.xz, ...).", check=_file,
+        metadata=setting("Local source tarball (.tar, .tar.gz, .tar.xz, ...).", check=checks.existing_file,
                          example='"/usr/src/linux-source-6.12.tar.xz"'),
     )
     dir: Path | None = field(
         default=None,
         metadata=setting("Unpacked source tree, used in place and never written to (builds use O=).",
-                         check=_kernel_dir),
+                         check=checks.kernel_dir),
     )
     git: str | None = field(
         default=None, metadata=setting("Git repository URL or path; needs `rev`.")
@@ -178,17 +135,19 @@ class KernelSpec:
         default=None,
         metadata=setting(
             "Prebuilt kernel image (x86 bzImage or arm64 Image) to put in the bundle.",
-            check=_file,
+            check=checks.existing_file,
             example='"build/bzImage"',
         ),
     )
     vmlinux: Path | None = field(
         default=None,
-        metadata=setting("Prebuilt ELF vmlinux matching `image` (needed by the mk2 ABI profile).", check=_file),
+        metadata=setting("Prebuilt ELF vmlinux matching `image` (needed by the mk2 ABI profile).",
+                         check=checks.existing_file),
     )
     config: Path | None = field(
         default=None,
-        metadata=setting("The kernel's .config, recorded in the bundle and its provenance.", check=_file),
+        metadata=setting("The kernel's .config, recorded in the bundle and its provenance.",
+                         check=checks.existing_file),
     )
     cmdline: str = field(
         default="",
@@ -211,12 +170,13 @@ class KernelSpec:
     )
     patches: list[Path] = field(
         default_factory=list,
-        metadata=setting("Patches (.patch or mbox), applied in order with -p1.", check=_kernel_files,
+        metadata=setting("Patches (.patch or mbox), applied in order with -p1.", check=checks.kernel_files,
                          example='["patches/0001-fix.patch"]'),
     )
     series: Path | None = field(
         default=None,
-        metadata=setting("A quilt series file; patches are named relative to it. Not with `patches`.", check=_file),
+        metadata=setting("A quilt series file; patches are named relative to it. Not with `patches`.",
+                         check=checks.existing_file),
     )
     base: ConfigBase = field(
         default=ConfigBase.TINYCONFIG,
@@ -224,14 +184,14 @@ class KernelSpec:
     )
     base_config: Path | None = field(
         default=None,
-        metadata=setting("A full .config to start from instead of `base`.", check=_file),
+        metadata=setting("A full .config to start from instead of `base`.", check=checks.existing_file),
     )
     fragments: list[Path] = field(
         default_factory=list,
         metadata=setting(
             "Kconfig fragments merged over the base, in order; two fragments setting one symbol "
             "differently is an error.",
-            check=_kernel_files,
+            check=checks.kernel_files,
             example='["../kernel/spawn-minimal.config"]',
         ),
     )
@@ -239,14 +199,14 @@ class KernelSpec:
         default_factory=dict,
         metadata=setting(
             'Inline symbols without CONFIG_, applied last: "y", "m", "n", a number, or a quoted string.',
-            check=_kconfig_options,
+            check=checks.kconfig_options,
             example='{ KEXEC_FILE = "y", NR_CPUS = "8", CMDLINE = \'"console=ttyS0"\' }',
         ),
     )
     trusted_keys: Path | None = field(
         default=None,
         metadata=setting("PEM certificate(s) compiled in as CONFIG_SYSTEM_TRUSTED_KEYS (for kexec-sig.config).",
-                         check=_file),
+                         check=checks.existing_file),
     )
     jobs: int | None = field(
         default=None,
@@ -279,89 +239,39 @@ class NodeType(enum.StrEnum):
     SOCKET = "s"
 
 
-# The kernel's early loader only looks for these two names (Documentation/arch/x86/microcode.rst).
-MICROCODE_NAMES = ("GenuineIntel.bin", "AuthenticAMD.bin")
-
-
-def _archive_path(value: object, *, root_ok: bool = False) -> str | None:
-    """A path inside the initramfs: a leading '/' is dropped (as gen_init_cpio does);
-    '.', '..' and empty components are refused so nothing lands outside the root."""
-    text = str(value)
-    inner = text.lstrip("/")
-    if inner == "":
-        return None if root_ok else f"expected a path inside the initramfs, got {text!r}"
-    if any(part in ("", ".", "..") for part in inner.split("/")):
-        return f"expected a normalised path without '.', '..' or '//' components, got {text!r}"
-    return None
-
-
-def _mode_bits(value: object) -> str | None:
-    if value is None:
-        return None
-    assert isinstance(value, int)
-    return None if 0 <= value <= 0o7777 else f"expected permission bits 0o0..0o7777, got {value:#o}"
-
-
-def _dir(value: object) -> str | None:
-    assert isinstance(value, Path)
-    return None if value.is_dir() else f"no such directory: {_shown(value)}"
-
-
-def _files(values: object) -> str | None:
-    assert isinstance(values, list)
-    return next((msg for v in values if (msg := _file(v))), None)
-
-
-def _microcode(values: object) -> str | None:
-    assert isinstance(values, list)
-    names = [v.name for v in values]
-    for v in values:
-        if v.name not in MICROCODE_NAMES:
-            return f"microcode file must be named {' or '.join(MICROCODE_NAMES)}, got {v.name!r}"
-    if len(set(names)) != len(names):
-        return "microcode names a vendor file twice"
-    return _files(values)
-
-
-_MODULE_NAME = matches(r"[A-Za-z0-9_-]+", "a module name such as 'test_static_keys' (no path, no .ko)")
-
-
-def _module_names(values: object) -> str | None:
-    assert isinstance(values, list)
-    return next((problem for v in values if (problem := _MODULE_NAME(v))), None)
-
-
 @dataclass(frozen=True, slots=True)
 class FileItem:
-    src: Path = field(metadata=setting("Host file to copy.", check=_file))
-    dst: str = field(metadata=setting("Path in the initramfs.", check=_archive_path, example='"/etc/motd"'))
+    src: Path = field(metadata=setting("Host file to copy.", check=checks.existing_file))
+    dst: str = field(metadata=setting("Path in the initramfs.", check=checks.archive_path, example='"/etc/motd"'))
     mode: int | None = field(
         default=None,
-        metadata=setting("Permission bits, e.g. 0o755. Unset: the source file's bits.", check=_mode_bits),
+        metadata=setting("Permission bits, e.g. 0o755. Unset: the source file's bits.", check=checks.mode_bits),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class TreeItem:
-    src: Path = field(metadata=setting("Host directory copied recursively (modes kept, owner 0:0).", check=_dir))
+    src: Path = field(metadata=setting("Host directory copied recursively (modes kept, owner 0:0).",
+                                       check=checks.existing_dir))
     dst: str = field(
         default="/",
-        metadata=setting("Directory in the initramfs it lands in.", check=lambda v: _archive_path(v, root_ok=True)),
+        metadata=setting("Directory in the initramfs it lands in.",
+                         check=lambda v: checks.archive_path(v, root_ok=True)),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class NodeItem:
-    path: str = field(metadata=setting("Path of the node in the initramfs.", check=_archive_path))
+    path: str = field(metadata=setting("Path of the node in the initramfs.", check=checks.archive_path))
     type: NodeType = field(metadata=setting("c (char device), b (block device), p (FIFO) or s (socket)."))
     major: int = field(default=0, metadata=setting("Device major number.", check=in_range(0, 0xFFFFFFFF)))
     minor: int = field(default=0, metadata=setting("Device minor number.", check=in_range(0, 0xFFFFFFFF)))
-    mode: int = field(default=0o600, metadata=setting("Permission bits.", check=_mode_bits))
+    mode: int = field(default=0o600, metadata=setting("Permission bits.", check=checks.mode_bits))
 
 
 @dataclass(frozen=True, slots=True)
 class SymlinkItem:
-    path: str = field(metadata=setting("Path of the symlink in the initramfs.", check=_archive_path))
+    path: str = field(metadata=setting("Path of the symlink in the initramfs.", check=checks.archive_path))
     target: str = field(
         metadata=setting(
             "What the link points to, stored verbatim.",
@@ -375,14 +285,15 @@ class SymlinkItem:
 class InitramfsSpec:
     image: Path | None = field(
         default=None,
-        metadata=setting("Prebuilt initrd (any format the kernel unpacks) to put in the bundle.", check=_file),
+        metadata=setting("Prebuilt initrd (any format the kernel unpacks) to put in the bundle.",
+                         check=checks.existing_file),
     )
     init: Path | None = field(
         default=None,
         metadata=setting(
             "Program or script installed as /init. Unset: the default busybox init, which mounts "
             "proc/sys/devtmpfs, prints MKSPAWN-READY, runs `command` and reboots.",
-            check=_file,
+            check=checks.existing_file,
         ),
     )
     command: str = field(
@@ -399,14 +310,14 @@ class InitramfsSpec:
     binaries: list[Path] = field(
         default_factory=list,
         metadata=setting("Host ELF executables, copied with their shared-library closure at their host paths.",
-                         check=_files, example='["/usr/bin/python3.11"]'),
+                         check=checks.existing_files, example='["/usr/bin/python3.11"]'),
     )
     modules: list[str] = field(
         default_factory=list,
         metadata=setting(
             "Kernel modules (names as modprobe takes them; '-' and '_' are the same) copied from the built "
             "kernel's module tree with everything modules.dep says they need, indexed for `modprobe NAME`.",
-            check=_module_names, example='["test_static_keys"]',
+            check=checks.module_names, example='["test_static_keys"]',
         ),
     )
     nodes: list[NodeItem] = field(
@@ -422,83 +333,25 @@ class InitramfsSpec:
     microcode: list[Path] = field(
         default_factory=list,
         metadata=setting("CPU microcode (GenuineIntel.bin / AuthenticAMD.bin) for the early uncompressed "
-                         "segment, placed at kernel/x86/microcode/<name>.", check=_microcode),
+                         "segment, placed at kernel/x86/microcode/<name>.", check=checks.microcode),
     )
-
-
-PAGE_BYTES = 4096  # x86-64 base page; multikernel-abi.md §7.5 wants page-aligned memory
-U64_MAX = (1 << 64) - 1
-# PCI address as lspci -D prints it: domain:bus:device.function, device 0..0x1f.
-BDF_RE = r"(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[01][0-9a-fA-F]\.[0-7]"
-# An ACPI hardware id: PNP ("PNP0501") or ACPI ("QEMU0002") style.
-ACPI_HID_RE = r"[A-Z]{3}[0-9A-F]{4}|[A-Z0-9]{4}[0-9A-F]{4}"
-# Device-tree node and alias names (Devicetree Specification §2.2.1, §3.3).
-DT_NODE_RE = r"[A-Za-z][A-Za-z0-9,._+-]{0,30}"
-DT_ALIAS_RE = r"[a-z][a-z0-9-]{0,30}"
-
-
-def _apic_ids(values: object) -> str | None:
-    assert isinstance(values, list)
-    seen: set[int] = set()
-    for v in values:
-        if v == 0:
-            return "APIC id 0 is the boot CPU"
-        if not 0 < v <= U64_MAX:
-            return f"expected APIC ids 1..2^64-1, got {v}"
-        if v in seen:
-            return f"APIC id {v} is listed twice"
-        seen.add(v)
-    return None
-
-
-def _page_bytes(value: object) -> str | None:
-    if value is None:
-        return None
-    assert isinstance(value, int)
-    if not 0 < value <= U64_MAX:
-        return f"expected a positive byte count, got {value}"
-    return None if value % PAGE_BYTES == 0 else f"{value:#x} is not a multiple of the {PAGE_BYTES}-byte page"
-
-
-def _page_address(value: object) -> str | None:
-    if value is None:
-        return None
-    assert isinstance(value, int)
-    if not 0 <= value <= U64_MAX:
-        return f"expected an address 0..2^64-1, got {value}"
-    return None if value % PAGE_BYTES == 0 else f"{value:#x} is not aligned to the {PAGE_BYTES}-byte page"
-
-
-def _numa_nodes(values: object) -> str | None:
-    assert isinstance(values, list)
-    if len(set(values)) != len(values):
-        return "a NUMA node is listed twice"
-    return next((f"expected NUMA node ids 0..1023, got {v}" for v in values if not 0 <= v <= 1023), None)
 
 
 @dataclass(frozen=True, slots=True)
 class PoolMemoryItem:
     """One contiguous chunk of the host's multikernel memory pool."""
 
-    size_bytes: int = field(metadata=setting("Chunk size in bytes, page aligned.", check=_page_bytes,
+    size_bytes: int = field(metadata=setting("Chunk size in bytes, page aligned.", check=checks.page_bytes,
                                         example="0x40000000"))
     base: int | None = field(
         default=None,
-        metadata=setting("Physical base address (page aligned). Unset: the host allocates it.", check=_page_address),
+        metadata=setting("Physical base address (page aligned). Unset: the host allocates it.",
+                         check=checks.page_address),
     )
     numa_node: int | None = field(
         default=None,
         metadata=setting("NUMA node the chunk belongs to (mk2 and later).", check=optional(in_range(0, 1023))),
     )
-
-
-def _pool_memory(values: object) -> str | None:
-    assert isinstance(values, list)
-    return "at most 64 pool memory chunks" if len(values) > 64 else None
-
-
-def _smt_threads(value: object) -> str | None:
-    return None if value in (1, 2, 4, 8) else f"expected 1, 2, 4 or 8 threads per core, got {value}"
 
 
 @section
@@ -508,43 +361,29 @@ class DevicetreeSpec:
 
     pool_cpus: list[int] = field(
         default_factory=list,
-        metadata=setting("APIC ids of the pool's CPUs (never 0). Unset: the instance's CPUs.", check=_apic_ids,
+        metadata=setting("APIC ids of the pool's CPUs (never 0). Unset: the instance's CPUs.", check=checks.apic_ids,
                          example="[2, 3, 4, 5]"),
     )
     pool_memory: list[PoolMemoryItem] = field(
         default_factory=list,
         metadata=setting("Pool memory chunks. Unset: one chunk the size of the instance's memory.",
-                         check=_pool_memory, example="[{ size_bytes = 0x40000000, numa_node = 0 }]"),
+                         check=checks.pool_memory, example="[{ size_bytes = 0x40000000, numa_node = 0 }]"),
     )
     smt_threads: int = field(
         default=1,
         metadata=setting("Hardware threads per core on the host: APIC ids of one core differ only in their low "
-                         "log2(smt_threads) bits. Used to warn when siblings are split.", check=_smt_threads),
+                         "log2(smt_threads) bits. Used to warn when siblings are split.", check=checks.smt_threads),
     )
     instance_dts: Path | None = field(
         default=None,
         metadata=setting("A .dts of extra nodes merged into the generated instance tree (node definitions "
-                         "such as `/ { … };`, no /dts-v1/ header).", check=_file),
+                         "such as `/ { … };`, no /dts-v1/ header).", check=checks.existing_file),
     )
     baseline_dts: Path | None = field(
         default=None,
         metadata=setting("A .dts of extra nodes merged into the generated pool baseline (no /dts-v1/ header).",
-                         check=_file),
+                         check=checks.existing_file),
     )
-
-
-def _acpi_tables(values: object) -> str | None:
-    assert isinstance(values, list)
-    for v in values:
-        if v.suffix not in (".asl", ".aml"):
-            return f"expected .asl (compiled with iasl) or .aml tables, got {v.name!r}"
-    stems = [v.stem for v in values]
-    if dup := next((s for s in stems if stems.count(s) > 1), None):
-        return f"two tables would both be named {dup}.aml"
-    # drivers/acpi/tables.c keeps at most ACPI_OVERRIDE_TABLES (64) upgraded tables
-    if len(values) > 64:
-        return f"the kernel takes at most 64 upgraded tables, got {len(values)}"
-    return _files(values)
 
 
 @section
@@ -557,21 +396,15 @@ class AcpiSpec:
         default_factory=list,
         metadata=setting("ACPI tables: .asl sources (compiled with iasl) or compiled .aml. They go under "
                          "kernel/firmware/acpi/ in the early initrd; the spawn needs CONFIG_ACPI_TABLE_UPGRADE.",
-                         check=_acpi_tables, example='["acpi/ssdt-spawn.asl"]'),
+                         check=checks.acpi_tables, example='["acpi/ssdt-spawn.asl"]'),
     )
-
-
-def _bdf(value: object) -> str | None:
-    if value is None:
-        return None
-    return matches(BDF_RE, 'a PCI address like "0000:09:00.0" (domain:bus:device.function)')(value)
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceItem:
     """A device given to the instance: PCI (`pci` + ids), or platform (`platform` or `acpi_hid`)."""
 
-    pci: str | None = field(default=None, metadata=setting("PCI address, e.g. \"0000:09:00.0\".", check=_bdf))
+    pci: str | None = field(default=None, metadata=setting("PCI address, e.g. \"0000:09:00.0\".", check=checks.bdf))
     vendor_id: int | None = field(
         default=None, metadata=setting("PCI vendor id (with `pci`).", check=optional(in_range(0, 0xFFFF))))
     device_id: int | None = field(
@@ -579,24 +412,14 @@ class DeviceItem:
     alias: str | None = field(
         default=None,
         metadata=setting("Name in /aliases; a spawn renames a network device to it, e.g. \"eth0\".",
-                         check=optional(matches(DT_ALIAS_RE, "lowercase letters, digits and '-'"))),
+                         check=optional(matches(checks.DT_ALIAS_RE, "lowercase letters, digits and '-'"))),
     )
     platform: str | None = field(
         default=None, metadata=setting("Platform device by driver name, e.g. \"serial8250\".",
                                        check=optional(matches(r"[A-Za-z0-9_.,+-]+", "a driver name"))))
     acpi_hid: str | None = field(
         default=None, metadata=setting("Platform device by ACPI hardware id, e.g. \"PNP0501\".",
-                                       check=optional(matches(ACPI_HID_RE, 'an ACPI id like "PNP0501"'))))
-
-
-def _devices(value: object) -> str | None:
-    """Node names only; how the devices fit together is checked by the loader, which
-    can point at each device's own table."""
-    assert isinstance(value, dict)
-    for name in value:
-        if matches(DT_NODE_RE, "x")(name):
-            return f"device name {name!r} is not a device-tree node name (letters, digits, ',._+-'; 1..31)"
-    return None
+                                       check=optional(matches(checks.ACPI_HID_RE, 'an ACPI id like "PNP0501"'))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,14 +427,8 @@ class PreserveItem:
     """Memory the spawn asks the host to keep across its restarts (a KHO-style request)."""
 
     name: str = field(metadata=setting("Request name (a device-tree node name).",
-                                       check=matches(DT_NODE_RE, "a device-tree node name")))
-    size_bytes: int = field(metadata=setting("Size in bytes, page aligned.", check=_page_bytes))
-
-
-def _preserve(values: object) -> str | None:
-    assert isinstance(values, list)
-    names = [v.name for v in values]
-    return next((f"preserved-memory request {n!r} is listed twice" for n in names if names.count(n) > 1), None)
+                                       check=matches(checks.DT_NODE_RE, "a device-tree node name")))
+    size_bytes: int = field(metadata=setting("Size in bytes, page aligned.", check=checks.page_bytes))
 
 
 @section
@@ -619,7 +436,7 @@ def _preserve(values: object) -> str | None:
 class InstanceSpec:
     name: str | None = field(
         default=None,
-        metadata=setting("Multikernel instance name.", check=optional(matches(NAME_RE, "a name"))),
+        metadata=setting("Multikernel instance name.", check=optional(matches(checks.NAME_RE, "a name"))),
     )
     id: int | None = field(
         default=None,
@@ -635,7 +452,7 @@ class InstanceSpec:
     cpus: list[int] = field(
         default_factory=list,
         metadata=setting("Physical APIC ids of the spawn's CPUs (not logical numbers; never 0, the boot CPU). "
-                         "Not with `cpu_count`.", check=_apic_ids, example="[2, 3]"),
+                         "Not with `cpu_count`.", check=checks.apic_ids, example="[2, 3]"),
     )
     cpu_count: int | None = field(
         default=None,
@@ -644,21 +461,21 @@ class InstanceSpec:
     )
     memory_bytes: int | None = field(
         default=None,
-        metadata=setting("Instance memory in bytes, page aligned.", check=_page_bytes, example="0x10000000"),
+        metadata=setting("Instance memory in bytes, page aligned.", check=checks.page_bytes, example="0x10000000"),
     )
     memory_base: int | None = field(
         default=None,
         metadata=setting("Physical base of the instance memory inside the pool. Unset: the host chooses.",
-                         check=_page_address),
+                         check=checks.page_address),
     )
     numa_nodes: list[int] = field(
         default_factory=list,
-        metadata=setting("NUMA nodes the instance's memory comes from (mk2 and later).", check=_numa_nodes),
+        metadata=setting("NUMA nodes the instance's memory comes from (mk2 and later).", check=checks.numa_nodes),
     )
     devices: dict[str, DeviceItem] = field(
         default_factory=dict,
         metadata=setting("Devices by node name: PCI (pci, vendor_id, device_id, alias) or platform "
-                         "(platform or acpi_hid).", check=_devices,
+                         "(platform or acpi_hid).", check=checks.devices,
                          example='{ nic0 = { pci = "0000:09:00.0", vendor_id = 0x1af4, device_id = 0x1041, '
                                  'alias = "eth0" } }'),
     )
@@ -668,7 +485,7 @@ class InstanceSpec:
     )
     preserve: list[PreserveItem] = field(
         default_factory=list,
-        metadata=setting("Preserved-memory requests carried in the handover FDT.", check=_preserve,
+        metadata=setting("Preserved-memory requests carried in the handover FDT.", check=checks.preserve,
                          example='[{ name = "ring", size_bytes = 0x100000 }]'),
     )
 
@@ -676,9 +493,10 @@ class InstanceSpec:
 @dataclass(frozen=True, slots=True)
 class KernelSigning:
     key: Path = field(metadata=setting("PEM private key that Authenticode-signs the kernel image (sbsign).",
-                                       check=_file, example='"keys/kernel.key"'))
+                                       check=checks.existing_file, example='"keys/kernel.key"'))
     cert: Path = field(metadata=setting("PEM certificate of `key`; it needs an Authority Key Identifier to chain "
-                                        "to the host's trusted CA.", check=_file, example='"keys/kernel.crt"'))
+                                        "to the host's trusted CA.",
+                                        check=checks.existing_file, example='"keys/kernel.crt"'))
 
 
 @section
@@ -693,7 +511,7 @@ class BundleSpec:
     )
     passphrase_file: Path | None = field(
         default=None,
-        metadata=setting("File holding the key's passphrase (first line).", check=_file),
+        metadata=setting("File holding the key's passphrase (first line).", check=checks.existing_file),
     )
     passphrase_env: str = field(
         default="MKSPAWN_KEY_PASSPHRASE",
@@ -735,11 +553,13 @@ class CheckSpec:
     )
     host_kernel: Path | None = field(
         default=None,
-        metadata=setting("Prebuilt host kernel to boot the check in (instead of `host_recipe`).", check=_file),
+        metadata=setting("Prebuilt host kernel to boot the check in (instead of `host_recipe`).",
+                         check=checks.existing_file),
     )
     host_recipe: Path | None = field(
         default=None,
-        metadata=setting("Recipe whose kernel is the check's host. Unset: recipes/qemu-host.toml.", check=_file,
+        metadata=setting("Recipe whose kernel is the check's host. Unset: recipes/qemu-host.toml.",
+                         check=checks.existing_file,
                          example='"qemu-host.toml"'),
     )
 
