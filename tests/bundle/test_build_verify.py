@@ -359,3 +359,16 @@ tables = ["t.asl"]
     dts = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(tmp_path / "handover.dtb")],
                          capture_output=True, text=True, check=True).stdout
     assert 'compatible = "mkspawn,handover-v1"' in dts
+
+
+def test_recipe_names_its_signing_key_and_passphrase_file(tmp_path: Path, synthetic_kernel: Path,
+                                                          trust: Path) -> None:
+    (tmp_path / "pass").write_text("s3cret\n")
+    assert mkspawn("keygen", "-o", tmp_path / "release.pem", "--passphrase-file", tmp_path / "pass").returncode == 0
+    shutil.copy(tmp_path / "release.pub.pem", trust)
+    recipe = write_recipe(tmp_path, synthetic_kernel, extra='[bundle]\nkey = "release.pem"\npassphrase_file = "pass"\n')
+    out = tmp_path / "b.mkb"
+    done = mkspawn("build", recipe, "-o", out, cwd=Path("/"))
+    assert done.returncode == 0, done.stderr
+    assert mkspawn("verify", out, "--trust", trust).returncode == 0
+    assert b"s3cret" not in out.read_bytes() and b"PRIVATE KEY" not in out.read_bytes()
