@@ -154,8 +154,9 @@ def test_unsupported_arch_is_refused(tmp_path: Path) -> None:
         build_kernel(spec, arch="riscv64", cache_root=tmp_path, source_date_epoch=0)
 
 
-def test_build_failure_cites_the_log_and_the_first_error(tmp_path: Path) -> None:
-    """A stand-in tree whose Makefile fails like a compile error does, run by real make."""
+def stand_in_tree(tmp_path: Path, bzimage_recipe: str) -> Path:
+    """A kernel-shaped tree whose Makefile has the config targets and the given bzImage
+    recipe, so real make drives the build loop without minutes of compiling."""
     needs_tool("make")
     tree = tmp_path / "linux"
     tree.mkdir()
@@ -163,9 +164,15 @@ def test_build_failure_cites_the_log_and_the_first_error(tmp_path: Path) -> None
     (tree / "Makefile").write_text(
         "tinyconfig:\n\tprintf 'CONFIG_A=y\\n' > $(O)/.config\n"
         "olddefconfig:\n\t@true\n"
-        "bzImage:\n\t@echo '  CC      init/main.o'\n"
-        "\t@echo 'init/main.c:1:1: error: expected declaration' >&2\n\t@exit 2\n"
+        "bzImage:\n" + bzimage_recipe
     )
+    return tree
+
+
+def test_build_failure_cites_the_log_and_the_first_error(tmp_path: Path) -> None:
+    """A stand-in tree whose Makefile fails like a compile error does, run by real make."""
+    tree = stand_in_tree(tmp_path, "\t@echo '  CC      init/main.o'\n"
+                         "\t@echo 'init/main.c:1:1: error: expected declaration' >&2\n\t@exit 2\n")
     spec = KernelSpec(source=KernelSource(dir=tree), options={"A": "y"})
     with pytest.raises(ToolError) as e:
         build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0, use_ccache=False)
@@ -179,21 +186,14 @@ def test_build_failure_cites_the_log_and_the_first_error(tmp_path: Path) -> None
 
 def test_progress_command_and_outputs_on_a_stand_in_tree(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Progress lines, the logged command and output collection, without minutes of compiling."""
-    needs_tool("make")
-    tree = tmp_path / "linux"
-    tree.mkdir()
-    (tree / "Kconfig").write_text("")
-    (tree / "Makefile").write_text(
-        "tinyconfig:\n\tprintf 'CONFIG_A=y\\n' > $(O)/.config\n"
-        "olddefconfig:\n\t@true\n"
-        "bzImage:\n"
-        "\t@for i in $$(seq 1 250); do echo \"  CC      obj$$i.o\"; done\n"
-        "\t@echo '  LD      vmlinux'\n"
-        "\t@mkdir -p $(O)/arch/x86/boot $(O)/include/config\n"
-        "\t@echo image > $(O)/arch/x86/boot/bzImage; echo elf > $(O)/vmlinux; echo map > $(O)/System.map\n"
-        "\t@echo 9.9.9-test > $(O)/include/config/kernel.release\n"
-        "\t@echo \"$$KBUILD_BUILD_TIMESTAMP\" > $(O)/stamp\n"
-    )
+    tree = stand_in_tree(tmp_path,
+                         "\t@for i in $$(seq 1 250); do echo \"  CC      obj$$i.o\"; done\n"
+                         "\t@echo '  LD      vmlinux'\n"
+                         "\t@mkdir -p $(O)/arch/x86/boot $(O)/include/config\n"
+                         "\t@echo image > $(O)/arch/x86/boot/bzImage; echo elf > $(O)/vmlinux\n"
+                         "\t@echo map > $(O)/System.map\n"
+                         "\t@echo 9.9.9-test > $(O)/include/config/kernel.release\n"
+                         "\t@echo \"$$KBUILD_BUILD_TIMESTAMP\" > $(O)/stamp\n")
     spec = KernelSpec(source=KernelSource(dir=tree), options={"A": "y"})
     caplog.set_level("INFO", logger="mkspawn")
     built = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0, use_ccache=False)
