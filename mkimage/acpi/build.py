@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mkimage.acpi.tables import AcpiHeader, decode_table
-from mkimage.devicetree.build import HardwareFile, HardwareRole
+from mkimage.artifacts import Artifact, Role
 from mkimage.devicetree.compile import SourceError
 from mkimage.errors import FormatError, InputError, ToolError
 from mkimage.kernel.kconfig import config_values
@@ -76,7 +76,7 @@ def _checked(data: bytes, origin: Path) -> AcpiHeader:
                           code="bad-acpi-table") from e
 
 
-def build_acpi(recipe: Recipe, work_dir: Path, *, kernel_config: Path | None = None) -> list[HardwareFile]:
+def build_acpi(recipe: Recipe, work_dir: Path, *, kernel_config: Path | None = None) -> list[Artifact]:
     """Compile and check ``[acpi] tables`` into ``work_dir/acpi``; [] when there are none.
 
     ``kernel_config`` is the spawn's final .config (from the kernel build); unset, the
@@ -86,7 +86,7 @@ def build_acpi(recipe: Recipe, work_dir: Path, *, kernel_config: Path | None = N
     if not tables:
         return []
     check_kernel_config(kernel_config or recipe.kernel.config)
-    files: list[HardwareFile] = []
+    files: list[Artifact] = []
     for table in tables:
         out = work_dir / MEMBER_DIR / f"{table.stem}.aml"
         if table.suffix == ".asl":
@@ -95,10 +95,10 @@ def build_acpi(recipe: Recipe, work_dir: Path, *, kernel_config: Path | None = N
             data = table.read_bytes()
             _checked(data, table)
             write_atomic(out, data)
-        files.append(HardwareFile(HardwareRole.ACPI, f"{MEMBER_DIR}/{out.name}", out, MEDIA_TYPE))
+        files.append(Artifact(Role.ACPI, f"{MEMBER_DIR}/{out.name}", out, MEDIA_TYPE))
     return files
 
 
-def early_files(files: Sequence[HardwareFile]) -> list[tuple[str, Path]]:
+def early_files(files: Sequence[Artifact]) -> list[tuple[str, Path]]:
     """(archive path, host path) pairs for ``build_initramfs(..., early_files=…)``."""
-    return [(f"{EARLY_DIR}/{f.path.name}", f.path) for f in files if f.role is HardwareRole.ACPI]
+    return [(f"{EARLY_DIR}/{f.path.name}", f.path) for f in files if f.role is Role.ACPI]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mkimage import __version__
 from mkimage.acpi.build import build_acpi, early_files
+from mkimage.artifacts import Artifact
 from mkimage.bundle.container import write_bundle
 from mkimage.bundle.manifest import (
     Component,
@@ -28,7 +29,7 @@ from mkimage.bundle.manifest import (
     Signature,
 )
 from mkimage.context import default_cache_root
-from mkimage.devicetree.build import HardwareFile, build_devicetree
+from mkimage.devicetree.build import build_devicetree
 from mkimage.errors import InputError, MkspawnError
 from mkimage.handover.build import build_handover, spawn_cmdline
 from mkimage.initramfs.build import build_initramfs
@@ -67,16 +68,6 @@ class BundleBuildError(MkspawnError):
 
 
 @dataclass(frozen=True, slots=True)
-class StagedFile:
-    """A file that becomes one bundle component."""
-
-    role: Role
-    name: str  # the member path inside the bundle
-    source: Path
-    media_type: str
-
-
-@dataclass(frozen=True, slots=True)
 class BuildResult:
     path: Path
     size: int
@@ -87,7 +78,7 @@ class BuildResult:
 
 @dataclass(slots=True)
 class _Plan:
-    files: list[StagedFile] = field(default_factory=list)
+    files: list[Artifact] = field(default_factory=list)
     inputs: list[Input] = field(default_factory=list)
     tools: dict[str, str] = field(default_factory=dict)
     config_sha256: str = ""
@@ -95,8 +86,6 @@ class _Plan:
     early_files: list[tuple[str, Path]] = field(default_factory=list)
     modules_dir: Path | None = None  # lib/modules/<release> of a kernel built with modules
 
-    def add_hardware(self, files: list[HardwareFile]) -> None:
-        self.files.extend(StagedFile(Role(f.role.value), f.member, f.path, f.media_type) for f in files)
 
 
 def file_sha256(path: Path) -> str:
@@ -169,13 +158,13 @@ def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path)
         files = _prebuilt_kernel(recipe, plan)
     image = _authenticode(recipe, files.image, work_dir)
     arch = recipe.metadata.arch
-    plan.files.append(StagedFile(Role.KERNEL, _kernel_name(arch), image, KERNEL_MEDIA[arch]))
+    plan.files.append(Artifact(Role.KERNEL, _kernel_name(arch), image, KERNEL_MEDIA[arch]))
     if files.vmlinux is not None:
-        plan.files.append(StagedFile(Role.VMLINUX, "vmlinux", files.vmlinux, VMLINUX_MEDIA))
+        plan.files.append(Artifact(Role.VMLINUX, "vmlinux", files.vmlinux, VMLINUX_MEDIA))
     if files.config is not None:
         plan.config_sha256 = file_sha256(files.config)
         plan.kernel_config = files.config
-        plan.files.append(StagedFile(Role.CONFIG, "config", files.config, CONFIG_MEDIA))
+        plan.files.append(Artifact(Role.CONFIG, "config", files.config, CONFIG_MEDIA))
     return image
 
 
@@ -198,7 +187,7 @@ def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     result = build_initramfs(recipe.initramfs, work_dir / "initrd", source_date_epoch=epoch,
                              kernel_config=plan.kernel_config, early_files=plan.early_files,
                              modules_dir=plan.modules_dir, arch=recipe.metadata.arch)
-    plan.files.append(StagedFile(Role.INITRD, "initrd", result.path, result.media_type))
+    plan.files.append(Artifact(Role.INITRD, "initrd", result.path, result.media_type))
     plan.tools.update(result.tools)
     plan.inputs.extend(Input(InputKind.FILE, _input_name(Path(name), recipe), digest)
                        for name, digest in result.inputs)
@@ -215,22 +204,22 @@ def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     image = _readable(image, "initramfs.image")
     with image.open("rb") as f:
         media = initrd_media_type(f.read(8))
-    plan.files.append(StagedFile(Role.INITRD, "initrd", image, media))
+    plan.files.append(Artifact(Role.INITRD, "initrd", image, media))
     plan.inputs.append(Input(InputKind.PREBUILT, f"initrd/{image.name}", file_sha256(image)))
 
 
 def _stage_hardware(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     """Device trees and ACPI tables; ACPI tables also feed the initrd's early segment."""
-    plan.add_hardware(build_devicetree(recipe, work_dir))
+    plan.files.extend(build_devicetree(recipe, work_dir))
     acpi = build_acpi(recipe, work_dir, kernel_config=plan.kernel_config)
-    plan.add_hardware(acpi)
+    plan.files.extend(acpi)
     plan.early_files = early_files(acpi)
 
 
 def _stage_cmdline(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     path = work_dir / "cmdline"
     path.write_bytes(spawn_cmdline(recipe).encode("utf-8"))
-    plan.files.append(StagedFile(Role.CMDLINE, "cmdline", path, CMDLINE_MEDIA))
+    plan.files.append(Artifact(Role.CMDLINE, "cmdline", path, CMDLINE_MEDIA))
 
 
 def _stage_handover(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
@@ -238,14 +227,14 @@ def _stage_handover(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     counts: dict[Role, int] = {}
     for f in plan.files:
         counts[f.role] = counts.get(f.role, 0) + 1
-    digests = {f.role.value: file_sha256(f.source) for f in plan.files if counts[f.role] == 1}
-    plan.add_hardware(build_handover(recipe, work_dir, digests))
+    digests = {f.role.value: file_sha256(f.path) for f in plan.files if counts[f.role] == 1}
+    plan.files.extend(build_handover(recipe, work_dir, digests))
 
 
 def _check_contract(recipe: Recipe, plan: _Plan) -> None:
     """Refuse a kernel the target loader would reject, before anything is written."""
     profile = recipe.instance.profile
-    by_role = {f.role: f.source for f in plan.files}
+    by_role = {f.role: f.path for f in plan.files}
     target = by_role[Role.KERNEL]
     if profile is AbiProfile.MK2 or (profile is AbiProfile.MK_MASTER and Role.VMLINUX in by_role):
         if Role.VMLINUX not in by_role:
@@ -278,7 +267,7 @@ def _tools() -> dict[str, str]:
     }
 
 
-def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Manifest, list[StagedFile]]:
+def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Manifest, list[Artifact]]:
     plan = _Plan(tools=_tools())
     plan.inputs.append(_recipe_input(recipe))
     kernel = _stage_kernel(recipe, plan, work_dir, cache_root)
@@ -288,7 +277,7 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
     _check_contract(recipe, plan)
     _stage_handover(recipe, plan, work_dir)
     components = [
-        Component(role=f.role, path=f.name, size=f.source.stat().st_size, sha256=file_sha256(f.source),
+        Component(role=f.role, path=f.member, size=f.path.stat().st_size, sha256=file_sha256(f.path),
                   media_type=f.media_type)
         for f in plan.files
     ]
@@ -324,7 +313,7 @@ def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), 
         manifest_bytes = manifest.to_bytes()
         signatures = [make_signature(key, manifest_bytes) for key in signers]
         with atomic_output(out) as f:
-            write_bundle(f, manifest_bytes, signatures, [(s.name, s.source) for s in files],
+            write_bundle(f, manifest_bytes, signatures, [(s.member, s.path) for s in files],
                          manifest.provenance.source_date_epoch)
     log.info("wrote %s", out)
     return BuildResult(out, out.stat().st_size, file_sha256(out), manifest,

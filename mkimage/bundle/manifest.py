@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
+from mkimage.artifacts import Role
 from mkimage.bundle.canon import (
     JsonObject,
     JsonValue,
@@ -67,22 +68,6 @@ _RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSION = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 # utsname.release is 65 bytes including its NUL.
 _KERNEL_RELEASE = re.compile(r"[!-~]{1,64}")
-
-
-class Role(enum.StrEnum):
-    """What a component is for; the loader picks components by role."""
-
-    KERNEL = "kernel"
-    VMLINUX = "vmlinux"
-    INITRD = "initrd"
-    CMDLINE = "cmdline"
-    CONFIG = "config"
-    SYSTEM_MAP = "system-map"
-    DTBO = "dtbo"
-    DTB = "dtb"
-    DTS = "dts"
-    ACPI = "acpi"
-    HANDOVER = "handover"
 
 
 class InputKind(enum.StrEnum):

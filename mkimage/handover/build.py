@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from mkimage.devicetree.build import HardwareFile, HardwareRole
+from mkimage.artifacts import Artifact, Role
 from mkimage.devicetree.schema import resolve_instance
 from mkimage.handover.binding import Handover, HandoverInstance, encode_handover
 from mkimage.outputs import write_atomic
@@ -45,7 +45,7 @@ def handover_record(recipe: Recipe, digests: Mapping[str, str]) -> Handover | No
     )
 
 
-def build_handover(recipe: Recipe, work_dir: Path, digests: Mapping[str, str]) -> list[HardwareFile]:
+def build_handover(recipe: Recipe, work_dir: Path, digests: Mapping[str, str]) -> list[Artifact]:
     """Write ``work_dir/handover.dtb``; ``digests`` maps bundle roles ("kernel",
     "initrd", …) to sha256 hex.  [] for profile "none"."""
     record = handover_record(recipe, digests)
@@ -53,4 +53,4 @@ def build_handover(recipe: Recipe, work_dir: Path, digests: Mapping[str, str]) -
         return []
     path = work_dir / MEMBER
     write_atomic(path, encode_handover(record))
-    return [HardwareFile(HardwareRole.HANDOVER, MEMBER, path, MEDIA_TYPE)]
+    return [Artifact(Role.HANDOVER, MEMBER, path, MEDIA_TYPE)]
