@@ -85,6 +85,13 @@ class _Plan:
     kernel_config: Path | None = None  # the spawn's .config, when known
     early_files: list[tuple[str, Path]] = field(default_factory=list)
     modules_dir: Path | None = None  # lib/modules/<release> of a kernel built with modules
+    digests: dict[Path, str] = field(default_factory=dict)
+
+    def sha256(self, path: Path) -> str:
+        """Each file is hashed once per build, however many records name it."""
+        if path not in self.digests:
+            self.digests[path] = file_sha256(path)
+        return self.digests[path]
 
 
 
@@ -147,7 +154,7 @@ def _prebuilt_kernel(recipe: Recipe, plan: _Plan) -> _KernelFiles:
     )
     for kind, path in (("kernel", files.image), ("vmlinux", files.vmlinux)):
         if path is not None:
-            plan.inputs.append(Input(InputKind.PREBUILT, f"{kind}/{path.name}", file_sha256(path)))
+            plan.inputs.append(Input(InputKind.PREBUILT, f"{kind}/{path.name}", plan.sha256(path)))
     return files
 
 
@@ -162,7 +169,7 @@ def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path)
     if files.vmlinux is not None:
         plan.files.append(Artifact(Role.VMLINUX, "vmlinux", files.vmlinux, VMLINUX_MEDIA))
     if files.config is not None:
-        plan.config_sha256 = file_sha256(files.config)
+        plan.config_sha256 = plan.sha256(files.config)
         plan.kernel_config = files.config
         plan.files.append(Artifact(Role.CONFIG, "config", files.config, CONFIG_MEDIA))
     return image
@@ -205,7 +212,7 @@ def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     with image.open("rb") as f:
         media = initrd_media_type(f.read(8))
     plan.files.append(Artifact(Role.INITRD, "initrd", image, media))
-    plan.inputs.append(Input(InputKind.PREBUILT, f"initrd/{image.name}", file_sha256(image)))
+    plan.inputs.append(Input(InputKind.PREBUILT, f"initrd/{image.name}", plan.sha256(image)))
 
 
 def _stage_hardware(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
@@ -227,7 +234,7 @@ def _stage_handover(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     counts: dict[Role, int] = {}
     for f in plan.files:
         counts[f.role] = counts.get(f.role, 0) + 1
-    digests = {f.role.value: file_sha256(f.path) for f in plan.files if counts[f.role] == 1}
+    digests = {f.role.value: plan.sha256(f.path) for f in plan.files if counts[f.role] == 1}
     plan.files.extend(build_handover(recipe, work_dir, digests))
 
 
@@ -277,7 +284,7 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
     _check_contract(recipe, plan)
     _stage_handover(recipe, plan, work_dir)
     components = [
-        Component(role=f.role, path=f.member, size=f.path.stat().st_size, sha256=file_sha256(f.path),
+        Component(role=f.role, path=f.member, size=f.path.stat().st_size, sha256=plan.sha256(f.path),
                   media_type=f.media_type)
         for f in plan.files
     ]
@@ -286,8 +293,8 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
     manifest = Manifest.build(
         recipe_name=recipe.metadata.name,
         recipe_version=recipe.metadata.version,
-        arch=recipe.metadata.arch.value,  # type: ignore[arg-type]
-        abi_profile=recipe.instance.profile.value,  # type: ignore[arg-type]
+        arch=recipe.metadata.arch,
+        abi_profile=recipe.instance.profile,
         kernel_release=_release(kernel),
         components=components,
         provenance=Provenance(
@@ -303,7 +310,7 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
 
 def make_signature(key: PrivateKey, manifest_bytes: bytes) -> bytes:
     scheme, sig = sign_bytes(key, manifest_bytes)
-    return Signature(keyid=key_id(key.public_key()), scheme=scheme.value, sig=sig.hex()).to_bytes()  # type: ignore[arg-type]
+    return Signature(keyid=key_id(key.public_key()), scheme=scheme, sig=sig.hex()).to_bytes()
 
 
 def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), *,

@@ -37,6 +37,7 @@ from mkimage.errors import FormatError
 
 # The recipe owns these choices; the manifest records them, so it re-exports the same enums.
 from mkimage.recipe.model import AbiProfile, Arch
+from mkimage.signing.keys import Scheme as SignatureScheme
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,13 +80,6 @@ class InputKind(enum.StrEnum):
     TRUSTED_KEYS = "trusted-keys"
     RECIPE = "recipe"
     FILE = "file"
-
-
-class SignatureScheme(enum.StrEnum):
-    ED25519 = "ed25519"
-    ECDSA_P256_SHA256 = "ecdsa-p256-sha256"
-    ECDSA_P384_SHA384 = "ecdsa-p384-sha384"
-    RSA_PSS_SHA256 = "rsa-pss-sha256"
 
 
 def version_key(version: str) -> tuple[int, ...]:
