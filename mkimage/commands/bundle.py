@@ -10,11 +10,19 @@ import click
 from mkimage.bundle.build import build_bundle, summary
 from mkimage.bundle.sign import sign_bundle
 from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
-from mkimage.commands.options import F, echo_json, json_option, recipe_argument, set_option
+from mkimage.commands.options import (
+    F,
+    echo_json,
+    json_option,
+    load_trust,
+    recipe_argument,
+    set_option,
+    state_option,
+    trust_option,
+)
 from mkimage.errors import UsageError
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.keys import PassphraseSource, PrivateKey, key_id, load_private_key
-from mkimage.signing.trust import TrustStore, default_trust_dir, load_trust_store
 
 bundle_path = click.Path(path_type=Path, dir_okay=False)
 
@@ -25,17 +33,6 @@ def _key_options(f: F) -> F:
     f = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="File whose first line is the key passphrase.")(f)
     return f
-
-
-def _trust_option(f: F) -> F:
-    return click.option("--trust", "trust_dir", type=click.Path(path_type=Path, file_okay=False),
-                        help="Trust store directory [default: ~/.config/mkspawn/trust].")(f)
-
-
-def _load_trust(trust_dir: Path | None, *, must_exist: bool) -> TrustStore:
-    if trust_dir is not None:
-        return load_trust_store(trust_dir, must_exist=True)
-    return load_trust_store(default_trust_dir(os.environ), must_exist=must_exist)
 
 
 def _load_keys(keys: tuple[Path, ...], passphrase_file: Path | None, passphrase_env: str | None) -> list[PrivateKey]:
@@ -87,13 +84,12 @@ def sign(bundle: Path, keys: tuple[Path, ...], out: Path | None, passphrase_file
 
 @click.command("verify")
 @click.argument("bundle", type=bundle_path)
-@_trust_option
-@click.option("--state", "state_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Rollback state file: refuse versions lower than the highest verified one.")
+@trust_option
+@state_option
 @json_option
 def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_json: bool) -> None:
     """Verify a bundle's structure, digests and signatures (exit 3 if rejected, 5 on rollback)."""
-    report = verify_bundle(bundle, _load_trust(trust_dir, must_exist=True), state_file=state_file)
+    report = verify_bundle(bundle, load_trust(trust_dir), state_file=state_file)
     if as_json:
         echo_json({"ok": True, **report.to_dict()})
         return
@@ -104,11 +100,11 @@ def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_jso
 
 @click.command("inspect")
 @click.argument("bundle", type=bundle_path)
-@_trust_option
+@trust_option
 @json_option
 def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
     """Show a bundle's components, signatures and metadata."""
-    report = inspect_bundle(bundle, _load_trust(trust_dir, must_exist=False))
+    report = inspect_bundle(bundle, load_trust(trust_dir, must_exist=False))
     if as_json:
         echo_json(report.to_dict())
     else:

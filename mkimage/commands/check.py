@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from mkimage.bundle.static_check import StaticCheck, static_check
-from mkimage.commands.options import echo_json, json_option
+from mkimage.commands.options import echo_json, json_option, load_trust, state_option, trust_option
 from mkimage.context import default_cache_root
 from mkimage.errors import BootCheckError, UsageError, VerifyError
 from mkimage.qemu.check import (
@@ -21,7 +20,6 @@ from mkimage.qemu.check import (
 )
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import AbiProfile
-from mkimage.signing.trust import default_trust_dir, load_trust_store
 
 PROFILES = [p.value for p in AbiProfile]
 
@@ -46,10 +44,8 @@ PROFILES = [p.value for p in AbiProfile]
               help="Boot: take [check] settings (expect, timeout_s, host) from this recipe.")
 @click.option("--expect", default=None, metavar="REGEX", help="Boot: the spawn's console must match this.")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Boot: deadline in seconds [default: 90].")
-@click.option("--trust", "trust_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Boot: trust store used to verify the bundle first [default: ~/.config/mkspawn/trust].")
-@click.option("--state", "state_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Boot: rollback state file, as for verify.")
+@trust_option
+@state_option
 @click.option("--log-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Boot: keep the console log here [default: a new temp dir].")
 @json_option
@@ -72,7 +68,7 @@ def check(target: Path, static: bool, profile: str | None, arch: str | None, cmd
         timeout_s = timeout_s if timeout_s is not None else float(settings.timeout_s)
         if host_kernel is None and host_recipe is None:
             host_kernel, host_recipe = settings.host_kernel, settings.host_recipe
-    trust = load_trust_store(trust_dir or default_trust_dir(os.environ), must_exist=True)
+    trust = load_trust(trust_dir)
     root = default_cache_root()
     if host_overrides and host_kernel is not None:
         raise UsageError("--host-set applies to a host recipe, not to --host-kernel", code="usage")

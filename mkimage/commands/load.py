@@ -8,27 +8,24 @@ spawn); multikernel mode runs one instance's life cycle on a multikernel host.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import click
 
 from mkimage.bundle.verify import verify_bundle
+from mkimage.commands.options import load_trust, state_option, trust_option
 from mkimage.errors import BootCheckError
 from mkimage.loader import kexec, multikernel
 from mkimage.loader.errnos import LoaderError, UnsupportedHost
 from mkimage.qemu.check import Mode, extract_payload
 from mkimage.recipe.model import AbiProfile
-from mkimage.signing.trust import default_trust_dir, load_trust_store
 
 
 @click.command("load")
 @click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--trust", "trust_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Trust store [default: ~/.config/mkspawn/trust].")
-@click.option("--state", "state_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Rollback state file, as for verify.")
+@trust_option
+@state_option
 @click.option("--mode", type=click.Choice([m.value for m in Mode]), default=Mode.KEXEC.value, show_default=True)
 @click.option("--profile", type=click.Choice(sorted(multikernel.PROFILES)),
               help="Multikernel ABI profile [default: the bundle's, else mk2].")
@@ -41,7 +38,7 @@ from mkimage.signing.trust import default_trust_dir, load_trust_store
 def load(bundle: Path, trust_dir: Path | None, state_file: Path | None, mode: str, profile: str | None,
          name: str | None, mk_id: int | None, do_exec: bool, timeout_s: float) -> None:
     """Verify BUNDLE and load its spawn kernel on this host (exit 4 if the kernel refuses)."""
-    trust = load_trust_store(trust_dir or default_trust_dir(os.environ), must_exist=True)
+    trust = load_trust(trust_dir)
     report = verify_bundle(bundle, trust, state_file=state_file)
     chosen = AbiProfile(profile) if profile else AbiProfile(str(report.manifest.abi_profile))
     if chosen is AbiProfile.NONE:
