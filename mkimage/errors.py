@@ -57,12 +57,13 @@ class Location:
             return self.origin
         if self.file is None:
             return "<recipe>"
-        shown = _shown_path(self.file)
+        shown = shown_path(self.file)
         return f"{shown}:{self.line}" if self.line else shown
 
 
-def _shown_path(path: Path) -> str:
-    """Paths under the working directory are shown relative, as the user typed them."""
+def shown_path(path: Path) -> str:
+    """Paths under the working directory are shown relative, as the user typed them;
+    any other path absolute (never as ``../../x``)."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
