@@ -23,7 +23,8 @@ class ExitCode(enum.IntEnum):
     BOOT_CHECK_FAILED = 4
     ROLLBACK = 5
     INTERNAL = 70
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # SIGINT
+    TERMINATED = 143  # SIGTERM
 
 
 class MkspawnError(Exception):
@@ -159,3 +160,9 @@ class InputError(MkspawnError):
 
     exit_code = ExitCode.USAGE
     code = "bad-input"
+
+
+class RegistryError(MkspawnError):
+    """A registry could not be reached, refused our credentials, or failed a request."""
+
+    code = "registry-error"

@@ -16,15 +16,30 @@ def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
 
     On any exception the temp file is removed and ``path`` is untouched.
     """
+    with atomic_path(path, mode) as tmp, tmp.open("r+b") as f:
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
+    """Yield the path of an empty temp file beside ``path``; on success fsync and rename it
+    into place.  For results that must be checked by path (a bundle is verified) before
+    they may appear under their name.
+
+    On any exception the temp file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # flushes the file's data, whichever descriptor wrote it
+        finally:
+            os.close(fd)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
