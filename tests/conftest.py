@@ -158,6 +158,7 @@ def _build_bzimage(
     struct.pack_into("<QII", image, 0x258, 0x1000000, 0x400000, 0)
     protected = bytearray(SYNTH_PAYLOAD_OFFSET) + payload + trailer
     protected += bytes(-len(protected) % 512)
+    struct.pack_into("<I", image, 0x1F4, len(protected) // 16)  # syssize, as tools/build.c sets it
     return bytes(image + protected)
 
 

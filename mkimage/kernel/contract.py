@@ -6,7 +6,15 @@ than as an ``ENOEXEC`` on the host:
 * x86 bzImage: ``arch/x86/kernel/kexec-bzimage64.c`` (``kexec-and-formats.md`` §2),
   probe checks in the kernel's order, then the load-time truncation and cmdline checks;
 * arm64 Image: ``arch/arm64/kernel/kexec_image.c`` (§3);
-* multikernel ELF vmlinux: the ``kexec-vmlinux`` loader (``multikernel-abi.md`` §9).
+* multikernel ELF vmlinux: the ``kexec-vmlinux`` loader (``multikernel-abi.md`` §9, §14;
+  the note rule's source is cited in ``elfnote``).  A bzImage under a multikernel profile
+  is checked as a bzImage and then as the ELF its payload inflates to, which is what the
+  host's tools (kerf) extract and load.
+
+Beyond the kernel's probe, a bzImage must be whole: as long as its setup header says
+(setup sectors plus syssize paragraphs) and with a payload that inflates to the end of
+its stream and to the size the build appended, so a cut or corrupted image is refused
+here rather than by the decompressor on the host.
 
 Rules are reported in order.  A structural failure (wrong magic, too short, protocol
 too old, not an x86_64 ELF) ends the list, as it ends the kernel's probe, because later
@@ -25,7 +33,8 @@ from mkimage.errors import FormatError, InputError, UsageError
 from mkimage.kernel import arm64_image, elfnote, setup_header
 from mkimage.kernel.arm64_image import Arm64ImageHeader
 from mkimage.kernel.elfnote import ElfInfo
-from mkimage.kernel.setup_header import SetupHeader
+from mkimage.kernel.release import CodecUnavailableError, decompress
+from mkimage.kernel.setup_header import Compression, SetupHeader
 from mkimage.recipe.model import AbiProfile, Arch
 
 # kexec-bzimage64.c: "File is too short to be a bzImage" below this many bytes.
@@ -35,11 +44,14 @@ BZIMAGE_MIN_SIZE = 1024
 CMDLINE_RESERVED = 30
 
 
-# The multikernel note type each profile's ELF loader looks for (multikernel-abi.md §9).
+# The multikernel note type each profile's ELF loader looks for.  Both generations'
+# loaders read 0x4d4b (see elfnote for the source); the table stays so a future
+# generation that changes it is one row.
 NOTE_TYPES: dict[AbiProfile, int] = {
-    AbiProfile.MK2: elfnote.MK_NOTE_TYPE_MK2,
-    AbiProfile.MK_MASTER: elfnote.MK_NOTE_TYPE_MK_MASTER,
+    AbiProfile.MK2: elfnote.MK_NOTE_TYPE,
+    AbiProfile.MK_MASTER: elfnote.MK_NOTE_TYPE,
 }
+MULTIKERNEL_PROFILES = frozenset(NOTE_TYPES)
 
 
 class ImageKind(enum.StrEnum):
@@ -62,6 +74,8 @@ class RuleName(enum.StrEnum):
     # x86 bzImage64 load time
     NOT_TRUNCATED = "not-truncated"
     CMDLINE_SIZE = "cmdline-size"
+    # the compressed vmlinux inflates whole (what the boot decompressor will do)
+    PAYLOAD = "payload"
     # arm64 Image
     ARM64_HEADER_LENGTH = "arm64-header-length"
     ARM64_MAGIC = "arm64-magic"
@@ -140,15 +154,16 @@ def detect_kind(data: bytes) -> ImageKind:
 
 
 def _check_bzimage(
-    data: bytes, cmdline: bytes | None, rules: _Rules
-) -> SetupHeader | None:
+    data: bytes, cmdline: bytes | None, needs_elf: bool, rules: _Rules
+) -> tuple[SetupHeader | None, bytes | None]:
+    """The header, and the inflated payload once every structural rule passed."""
     size = len(data)
     if not rules.check(
         RuleName.FILE_SIZE,
         size >= BZIMAGE_MIN_SIZE,
         f"{size} bytes (a bzImage has at least {BZIMAGE_MIN_SIZE})",
     ):
-        return None
+        return None, None
     magic = data[0x202:0x206]
     has_hdrs = magic == setup_header.HDRS_MAGIC
     if not rules.check(
@@ -159,12 +174,12 @@ def _check_bzimage(
         else f"{magic!r} at 0x202, expected {setup_header.HDRS_MAGIC!r}: not a bzImage "
         f"(looks like {detect_kind(data)})",
     ):
-        return None
+        return None, None
     try:
         hdr = setup_header.parse_setup_header(data)
     except FormatError as e:
         rules.check(RuleName.SETUP_HEADER, False, e.message)
-        return None
+        return None, None
     if not rules.check(
         RuleName.BOOT_FLAG,
         hdr.boot_flag == setup_header.BOOT_FLAG_MAGIC,
@@ -175,13 +190,13 @@ def _check_bzimage(
             else f", expected 0x{setup_header.BOOT_FLAG_MAGIC:04X}: no x86 boot sector"
         ),
     ):
-        return hdr
+        return hdr, None
     if not rules.check(
         RuleName.PROTOCOL_VERSION,
         hdr.version >= setup_header.PROTOCOL_XLOADFLAGS,
         f"boot protocol {hdr.protocol} (kexec's bzImage64 loader needs at least 2.12)",
     ):
-        return hdr
+        return hdr, None
     if not rules.check(
         RuleName.LOADED_HIGH,
         bool(hdr.loadflags & setup_header.LOADED_HIGH),
@@ -192,7 +207,7 @@ def _check_bzimage(
             else "clear (a zImage, not a bzImage)"
         ),
     ):
-        return hdr
+        return hdr, None
     xlf = hdr.xloadflags
     rules.check(
         RuleName.XLF_KERNEL_64,
@@ -214,10 +229,12 @@ def _check_bzimage(
             else "clear (build with CONFIG_RELOCATABLE=y on x86_64)"
         ),
     )
+    needed = max(hdr.setup_size, hdr.declared_size)
     rules.check(
         RuleName.NOT_TRUNCATED,
-        size >= hdr.setup_size,
-        f"{size} bytes; setup_sects {hdr.setup_sects} needs at least {hdr.setup_size}",
+        size >= needed,
+        f"{size} bytes; the setup header declares {needed} ({hdr.setup_sects} setup sectors"
+        + (f" + {hdr.syssize} paragraphs of protected-mode code)" if hdr.syssize else ")"),
     )
     if cmdline is not None:
         # kexec_file_load's cmdline_len counts the trailing NUL.
@@ -229,7 +246,42 @@ def _check_bzimage(
             f"{length} bytes incl. NUL + {CMDLINE_RESERVED} reserved = {needed}; "
             f"cmdline_size is {hdr.cmdline_size}",
         )
-    return hdr
+    return hdr, _check_payload(data, hdr, needs_elf, rules)
+
+
+def _check_payload(data: bytes, hdr: SetupHeader, needs_elf: bool, rules: _Rules) -> bytes | None:
+    """Inflate the payload as the boot decompressor would; the vmlinux, or None if the
+    rule failed or the codec is not available here (then ``needs_elf`` decides whether
+    that is a failure: a multikernel profile must read the note inside)."""
+    try:
+        blob = setup_header.payload_bytes(data, hdr)
+        compression = setup_header.identify_compression(blob)
+        vmlinux = decompress(blob, compression)
+    except CodecUnavailableError as e:
+        rules.check(RuleName.PAYLOAD, not needs_elf,
+                    f"not inflated: {e.message}" + ("; the multikernel note inside cannot be read"
+                                                    if needs_elf else ""))
+        return None
+    except FormatError as e:
+        rules.check(RuleName.PAYLOAD, False, e.message)
+        return None
+    where = f"{compression} payload of {len(blob)} bytes at {hdr.payload_file_offset}"
+    if compression is Compression.NONE:
+        rules.check(RuleName.PAYLOAD, True, f"{where}, an uncompressed ELF")
+        return vmlinux
+    # arch/x86/boot/compressed/mkpiggy.c takes the inflated size from the payload's last
+    # four bytes (the size the build appends; gzip's own ISIZE trailer for gzip).
+    declared = int.from_bytes(blob[-4:], "little")
+    inflated = len(vmlinux) & 0xFFFFFFFF
+    if not rules.check(
+        RuleName.PAYLOAD,
+        declared == inflated,
+        f"{where} inflates to {len(vmlinux)} bytes"
+        + (", as its size trailer says" if declared == inflated
+           else f", but its last 4 bytes declare {declared}: the payload is cut or corrupt"),
+    ):
+        return None
+    return vmlinux
 
 
 def _check_arm64(
@@ -285,34 +337,34 @@ def _describe_note_types(info: ElfInfo) -> str:
 
 
 def _check_mk_note(info: ElfInfo, profile: AbiProfile, rules: _Rules) -> None:
-    wanted = NOTE_TYPES.get(profile)
-    assert wanted is not None  # only ELF profiles get here
+    """The loader takes the first note of its type with namesz 6 and an 8-byte
+    descriptor; an entry offset of 0 is treated as no note (ENOEXEC)."""
+    wanted = NOTE_TYPES[profile]
     mk_notes = elfnote.multikernel_notes(info)
-    match = [n for n in mk_notes if n.type == wanted]
-    if match:
-        note = match[0]
+    usable = [n for n in mk_notes if n.type == wanted and n.namesz == elfnote.MK_NOTE_NAMESZ
+              and len(n.desc) == elfnote.MK_NOTE_DESC_SIZE]
+    if usable:
+        note = usable[0]
         rules.check(
             RuleName.MK_NOTE,
-            len(note.desc) == elfnote.MK_NOTE_DESC_SIZE,
+            note.entry_offset != 0,
             f"note {elfnote.MK_NOTE_NAME!r} type 0x{wanted:x} at offset {note.offset}, "
-            f"{len(note.desc)}-byte descriptor"
-            + (
-                f" (entry offset 0x{note.entry_offset:x})"
-                if note.entry_offset is not None
-                else f" (expected {elfnote.MK_NOTE_DESC_SIZE})"
-            ),
+            + (f"entry offset 0x{note.entry_offset:x}" if note.entry_offset
+               else "entry offset 0: the loader treats it as missing"),
         )
         return
+    typed = next((n for n in mk_notes if n.type == wanted), None)
     other = next((n for n in mk_notes if n.type != wanted), None)
-    if other is not None and other.type == elfnote.MK_NOTE_TYPE_MK2:
+    if typed is not None:
         detail = (
-            f"found the legacy mk2 note type 0x{other.type:x}; {profile} expects "
-            f"0x{wanted:X}: the image was built from the mk2 tree"
+            f"note {elfnote.MK_NOTE_NAME!r} type 0x{wanted:x} at offset {typed.offset} has namesz "
+            f"{typed.namesz} and a {len(typed.desc)}-byte descriptor; the loader needs namesz "
+            f"{elfnote.MK_NOTE_NAMESZ} and {elfnote.MK_NOTE_DESC_SIZE} bytes"
         )
     elif other is not None:
         detail = (
-            f"found note type 0x{other.type:X} (mk-master); {profile} expects 0x{wanted:x}: "
-            "the image was built from a newer multikernel tree"
+            f"found note type 0x{other.type:X}, a value from third-party scripts that no kernel "
+            f"loader reads; {profile}'s loader looks for type 0x{wanted:x}"
         )
     else:
         detail = (
@@ -322,23 +374,24 @@ def _check_mk_note(info: ElfInfo, profile: AbiProfile, rules: _Rules) -> None:
     rules.check(RuleName.MK_NOTE, False, detail)
 
 
-def _check_elf(data: bytes, profile: AbiProfile, rules: _Rules) -> ElfInfo | None:
+def _check_elf(data: bytes, profile: AbiProfile, rules: _Rules, where: str = "") -> ElfInfo | None:
+    """``where`` prefixes the details when the ELF is a bzImage's inflated payload."""
     if not rules.check(
         RuleName.ELF_MAGIC,
         elfnote.is_elf(data),
-        "ELF image"
+        f"{where}ELF image"
         if elfnote.is_elf(data)
-        else f"not an ELF file (looks like {detect_kind(data)}); "
+        else f"{where}not an ELF file (looks like {detect_kind(data)}); "
         f"profile {profile} loads the ELF vmlinux",
     ):
         return None
     try:
         info = elfnote.read_elf(data)
     except FormatError as e:
-        rules.check(RuleName.ELF_HEADER, False, e.message)
+        rules.check(RuleName.ELF_HEADER, False, where + e.message)
         return None
     rules.check(
-        RuleName.ELF_HEADER, True, f"ELF{info.elf_class}, {len(info.notes)} notes"
+        RuleName.ELF_HEADER, True, f"{where}ELF{info.elf_class}, {len(info.notes)} notes"
     )
     if not rules.check(
         RuleName.ELF_CLASS, info.elf_class == 64, f"ELFCLASS{info.elf_class}"
@@ -409,11 +462,11 @@ def check_image(
                 False,
                 f"profile {profile} defines an x86_64 spawn-image contract only",
             )
-    elif profile in (AbiProfile.NONE, AbiProfile.V2):
-        hdr = _check_bzimage(data, cmdline, rules)
-    elif profile is AbiProfile.MK_MASTER and kind is not ImageKind.ELF_VMLINUX:
-        # mk-master also takes an unmodified bzImage through the stock loader.
-        hdr = _check_bzimage(data, cmdline, rules)
+    elif profile not in MULTIKERNEL_PROFILES or kind is ImageKind.BZIMAGE:
+        needs_elf = profile in MULTIKERNEL_PROFILES
+        hdr, vmlinux = _check_bzimage(data, cmdline, needs_elf, rules)
+        if needs_elf and vmlinux is not None:
+            info = _check_elf(vmlinux, profile, rules, where="payload: ")
     else:
         info = _check_elf(data, profile, rules)
     return ContractReport(

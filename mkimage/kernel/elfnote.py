@@ -1,9 +1,15 @@
 """Read an ELF image's identity and PT_NOTE notes, and find the multikernel note.
 
 The multikernel x86 ELF loader (``kexec-vmlinux``) accepts a vmlinux only if a PT_NOTE
-segment carries a note named "Linux" of the multikernel type whose 8-byte descriptor is
-the offset of the multikernel entry point.  The type changed between generations
-(``multikernel-abi.md`` §9): 0x4d4b ("MK") on mk2, 0x4D4B0002 on mk-master.
+segment carries a note named "Linux" (namesz 6) of type 0x4d4b ("MK") whose 8-byte
+descriptor is the offset of the multikernel entry point; an offset of 0 counts as no
+note.  Read from ``find_multikernel_entry_note`` in ``arch/x86/kernel/kexec-vmlinux.c``
+(psndna88/AGNi-xanmod_x86-64 @ 342a1c1d08cb46f2d8315a7b7e9cf503b1aeed30, a tree carrying
+the multikernel series; the search index holds no copy of that file for multikernel/linux,
+whose kexec-bzimage64.c @ 758894fd94bbbd6252f4a3d8ecc97b8601727399 refers to the
+"vmlinux" loader).  0x4D4B0002, once assumed for mk-master (``multikernel-abi.md`` §9),
+appears in no kernel source, only in third-party test scripts (§14), so no profile
+accepts it; it is recognised only to say so.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from mkimage.errors import FormatError
 ELF_MAGIC = b"\x7fELF"
 
 MK_NOTE_NAME = "Linux"
-MK_NOTE_TYPE_MK2 = 0x4D4B
-MK_NOTE_TYPE_MK_MASTER = 0x4D4B0002
+MK_NOTE_NAMESZ = 6  # "Linux" and its NUL; the loader compares namesz exactly
+MK_NOTE_TYPE = 0x4D4B
+# Seen only in third-party scripts, never in a kernel loader: recognised to explain a refusal.
+UNCONFIRMED_NOTE_TYPE = 0x4D4B0002
 MK_NOTE_DESC_SIZE = 8  # a u64: offset of multikernel_startup_64 in the image
 
 # pyelftools reports malformed input through its own errors, its bundled construct
@@ -47,6 +55,7 @@ class ElfNote:
     type: int
     desc: bytes
     offset: int  # file offset of the note header
+    namesz: int = MK_NOTE_NAMESZ
 
     @property
     def entry_offset(self) -> int | None:
@@ -105,6 +114,7 @@ def _segment_notes(segment: NoteSegment, size: int) -> Iterator[ElfNote]:
             type=_note_type(note["n_type"]),
             desc=desc,
             offset=int(note["n_offset"]),
+            namesz=int(note["n_namesz"]),
         )
 
 
@@ -167,6 +177,6 @@ def read_elf(data: bytes) -> ElfInfo:
 
 
 def multikernel_notes(info: ElfInfo) -> list[ElfNote]:
-    """Notes named "Linux" carrying either multikernel type, in file order."""
-    types = (MK_NOTE_TYPE_MK2, MK_NOTE_TYPE_MK_MASTER)
+    """Notes named "Linux" carrying the multikernel type or the unconfirmed one, in file order."""
+    types = (MK_NOTE_TYPE, UNCONFIRMED_NOTE_TYPE)
     return [n for n in info.notes_named(MK_NOTE_NAME) if n.type in types]

@@ -107,6 +107,7 @@ class SetupHeader:
     """
 
     setup_sects: int  # already mapped 0 -> 4
+    syssize: int  # protected-mode code in 16-byte paragraphs (protocol 2.04+; 0 if unset)
     boot_flag: int
     header: bytes  # b"HdrS" on any real bzImage
     version: int  # (major << 8) | minor
@@ -135,6 +136,15 @@ class SetupHeader:
     def setup_size(self) -> int:
         """Bytes of the real-mode part: the boot sector plus setup_sects sectors."""
         return (self.setup_sects + 1) * SECTOR_SIZE
+
+    @property
+    def declared_size(self) -> int:
+        """The file size the header promises: the setup sectors plus syssize paragraphs.
+
+        arch/x86/boot/tools/build.c pads the protected-mode part to exactly syssize*16
+        bytes, so a shorter file lost its tail; a longer one may carry a signature.
+        """
+        return self.setup_size + self.syssize * 16
 
     @property
     def payload_file_offset(self) -> int:
@@ -209,6 +219,7 @@ def parse_setup_header(data: bytes) -> SetupHeader:
             offset=len(data),
         )
     setup_sects = data[0x1F1] or SETUP_SECTS_DEFAULT
+    (syssize,) = struct.unpack_from("<I", data, 0x1F4)
     (boot_flag,) = struct.unpack_from("<H", data, 0x1FE)
     header = bytes(data[0x202:0x206])
     (version, kernel_version_ptr) = struct.unpack_from("<H6xH", data, 0x206)
@@ -223,6 +234,7 @@ def parse_setup_header(data: bytes) -> SetupHeader:
     setup_size = (setup_sects + 1) * SECTOR_SIZE
     return SetupHeader(
         setup_sects=setup_sects,
+        syssize=syssize,
         boot_flag=boot_flag,
         header=header,
         version=version,
