@@ -31,11 +31,16 @@ from typing import Any
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import (
     KernelCache,
+    digest_tree,
+    fsync_path,
+    fsync_tree,
     locked,
     remove_tree,
     sha256_file,
     tool_identity,
+    tree_mismatches,
 )
+from mkimage.kernel.contract import check_image
 from mkimage.kernel.kconfig import (
     ConfigRequest,
     KernelConfigError,
@@ -145,16 +150,16 @@ def build_kernel(
     if use_ccache is None:
         use_ccache = shutil.which("ccache") is not None
     plan = _plan(spec, params, cache, source_date_epoch, use_ccache)
-    hit = _load_entry(cache, plan.key, cache_hit=True)
+    hit = _load_entry(cache, plan.key, params, cache_hit=True)
     if hit is not None:
         log.info("kernel: cache hit %s (%s)", plan.key[:16], hit.release)
         return hit
     with locked(cache.lock_path(f"build-{plan.key}"), f"kernel build {plan.key[:16]}"):
-        done = _load_entry(cache, plan.key, cache_hit=True)  # another process finished it meanwhile
+        done = _load_entry(cache, plan.key, params, cache_hit=True)  # another process finished it meanwhile
         if done is not None:
             return done
         _build(spec, params, cache, plan)
-    built = _load_entry(cache, plan.key, cache_hit=False)
+    built = _load_entry(cache, plan.key, params, cache_hit=False)
     assert built is not None
     return built
 
@@ -243,9 +248,11 @@ def _shown(path: Path) -> str:
 
 _FILES = {"image": "image", "vmlinux": "vmlinux", "config": "config", "system_map": "System.map",
           "build_log": "build.log"}
+DIGESTS_KEY = "sha256"  # in entry.json: relative path -> sha256 of every file of the entry
+_UNDIGESTED = frozenset({ENTRY_NAME})
 
 
-def _load_entry(cache: KernelCache, key: str, *, cache_hit: bool) -> KernelBuild | None:
+def _load_entry(cache: KernelCache, key: str, params: ArchParams, *, cache_hit: bool) -> KernelBuild | None:
     out = cache.out_dir(key)
     try:
         entry: dict[str, Any] = json.loads((out / ENTRY_NAME).read_text())
@@ -253,6 +260,8 @@ def _load_entry(cache: KernelCache, key: str, *, cache_hit: bool) -> KernelBuild
         return None
     paths = {field: out / name for field, name in _FILES.items()}
     if entry.get("key") != key or not all(p.is_file() for p in paths.values()):
+        return None
+    if not _entry_is_intact(out, entry, key, params):
         return None
     modules = entry.get("modules")
     if modules is None and modules_enabled(paths["config"].read_text(errors="replace")):
@@ -270,6 +279,35 @@ def _load_entry(cache: KernelCache, key: str, *, cache_hit: bool) -> KernelBuild
         config_sha256=entry["config_sha256"],
         tools=dict(entry["tools"]),
     )
+
+
+def _entry_is_intact(out: Path, entry: dict[str, Any], key: str, params: ArchParams) -> bool:
+    """Whether the entry's files are the ones recorded when it was stored.
+
+    Every hit re-hashes the entry: a truncated or bit-flipped image would otherwise be
+    served, and signed, as if make had produced it.  A damaged entry is rebuilt.
+    """
+    recorded = entry.get(DIGESTS_KEY)
+    if isinstance(recorded, dict):
+        problems = tree_mismatches(out, recorded, exclude=_UNDIGESTED)
+        if problems:
+            log.warning("kernel: cache entry %s is damaged (%s); building it again",
+                        key[:16], "; ".join(problems[:3]) + (" …" if len(problems) > 3 else ""))
+            return False
+        return True
+    # An entry stored before digests were kept: rebuilding would cost a full kernel
+    # compile, so adopt it when its image passes the loader contract (which refuses a
+    # cut or corrupt bzImage) and record its digests from now on.
+    report = check_image(out / _FILES["image"], abi_profile="none", arch=params.make_arch)
+    if not report.ok:
+        failed = report.failures[0]
+        log.warning("kernel: cache entry %s has no recorded digests and its image fails %s (%s); "
+                    "building it again", key[:16], failed.name, failed.detail)
+        return False
+    entry[DIGESTS_KEY] = digest_tree(out, exclude=_UNDIGESTED)
+    write_atomic(out / ENTRY_NAME, json.dumps(entry, indent=1, sort_keys=True).encode())
+    log.info("kernel: recorded digests for cache entry %s, stored before digests were kept", key[:16])
+    return True
 
 
 # ---- a build (under the key's lock) --------------------------------------------------
@@ -323,10 +361,14 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
         "tools": tools,
         "make": shlex.join(compile_argv),
         "modules": modules,
+        DIGESTS_KEY: digest_tree(staging, exclude=_UNDIGESTED),
     }
     write_atomic(staging / ENTRY_NAME, json.dumps(entry, indent=1, sort_keys=True).encode())
+    # make wrote the outputs without fsync; flush them before the rename publishes them.
+    fsync_tree(staging)
     remove_tree(out)
     staging.rename(out)
+    fsync_path(out.parent)
     # The O= tree is 80+ MB and never reused: a different request is a different key.
     remove_tree(build_dir)
     log.info("kernel: built %s (%d objects) in %.0fs", release, progress.objects, time.monotonic() - started)

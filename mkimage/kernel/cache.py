@@ -93,6 +93,60 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def digest_tree(root: Path, *, exclude: frozenset[str] = frozenset()) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative POSIX path, in sorted order.
+
+    A symlink is recorded by its target, not followed, so a link swapped for another
+    one is a change too.  ``exclude`` names top-level entries to leave out.
+    """
+    digests: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        dirnames.sort()
+        names = sorted(filenames) + sorted(d for d in dirnames if (base / d).is_symlink())
+        for name in names:
+            path = base / name
+            rel = path.relative_to(root).as_posix()
+            if rel in exclude:
+                continue
+            digests[rel] = f"symlink:{os.readlink(path)}" if path.is_symlink() else sha256_file(path)
+    return dict(sorted(digests.items()))
+
+
+def tree_mismatches(root: Path, recorded: dict[str, str], *, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """What differs between ``root`` now and the digests recorded for it: one phrase per
+    file, missing, extra or changed."""
+    actual = digest_tree(root, exclude=exclude)
+    problems = [f"{name} is missing" for name in recorded if name not in actual]
+    problems += [f"{name} is not part of the entry" for name in actual if name not in recorded]
+    problems += [f"{name} has sha256 {actual[name][:16]}…, recorded {digest[:16]}…"
+                 for name, digest in recorded.items() if name in actual and actual[name] != digest]
+    return problems
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` (and ``root`` itself) to disk, so a
+    rename that publishes the tree never exposes names whose data a crash would lose."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                fsync_path(path)
+        for name in dirnames:
+            if not (Path(dirpath) / name).is_symlink():
+                fsync_path(Path(dirpath) / name)
+    fsync_path(root)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync one file or directory (a directory's fsync makes its entries durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _stat_key(kind: str, path: Path) -> str:
     real = path.resolve()
     st = real.stat()

@@ -5,7 +5,10 @@ with a recording ``make`` first on PATH so "no make ran" is observed, not assume
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -224,3 +227,75 @@ def test_inline_options_are_validated_with_their_line(tmp_path: Path, options: s
     with pytest.raises(RecipeError) as e:
         load_recipe(recipe)
     assert e.value.render().startswith(f"{recipe}:6: [kernel] options: {message}")
+
+
+# --- cache entry integrity ---------------------------------------------------------------
+
+
+def _stand_in_copying(tmp_path: Path, image: bytes) -> KernelSpec:
+    """A stand-in tree whose make "builds" by copying a real bzImage into place."""
+    (tmp_path / "prebuilt").write_bytes(image)
+    tree = stand_in_tree(tmp_path,
+                         "\t@mkdir -p $(O)/arch/x86/boot $(O)/include/config\n"
+                         f"\t@cp {tmp_path / 'prebuilt'} $(O)/arch/x86/boot/bzImage\n"
+                         "\t@printf 'ELF stand-in\\n' > $(O)/vmlinux; echo map > $(O)/System.map\n"
+                         "\t@echo 9.8.7-synthetic > $(O)/include/config/kernel.release\n")
+    return KernelSpec(source=KernelSource(dir=tree), options={"A": "y"})
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-512])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("damage", "member"), [(_truncate, "image"), (_flip, "image"), (_flip, "vmlinux"),
+                                                (_flip, "config")],
+                         ids=["truncated-image", "bit-flipped-image", "bit-flipped-vmlinux", "edited-config"])
+def test_damaged_cache_entry_is_rebuilt_not_served(tmp_path: Path, synthetic_bzimage: bytes,
+                                                   caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None],
+                                                   member: str) -> None:
+    spec = _stand_in_copying(tmp_path, synthetic_bzimage)
+    cache = tmp_path / "cache"
+    built = build_kernel(spec, arch="x86_64", cache_root=cache, source_date_epoch=0, use_ccache=False)
+    entry = json.loads((built.image.parent / "entry.json").read_text())
+    assert entry["sha256"]["image"] == hashlib.sha256(synthetic_bzimage).hexdigest()
+    assert sorted(entry["sha256"]) == ["System.map", "build.log", "config", "image", "vmlinux"]
+    damage(built.image.parent / member)
+    caplog.set_level("INFO", logger="mkspawn")
+    again = build_kernel(spec, arch="x86_64", cache_root=cache, source_date_epoch=0, use_ccache=False)
+    assert not again.cache_hit
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and f"is damaged ({member} has sha256 " in warnings[0]  # the hit and the locked re-check
+    assert again.image.read_bytes() == synthetic_bzimage
+    assert build_kernel(spec, arch="x86_64", cache_root=cache, source_date_epoch=0).cache_hit
+
+
+def test_extra_file_in_a_cache_entry_is_damage(tmp_path: Path, synthetic_bzimage: bytes) -> None:
+    spec = _stand_in_copying(tmp_path, synthetic_bzimage)
+    cache = tmp_path / "cache"
+    built = build_kernel(spec, arch="x86_64", cache_root=cache, source_date_epoch=0, use_ccache=False)
+    (built.image.parent / "image.orig").write_bytes(b"left behind")
+    assert not build_kernel(spec, arch="x86_64", cache_root=cache, source_date_epoch=0).cache_hit
+
+
+@pytest.mark.parametrize(("damage", "hit"), [(None, True), (_truncate, False)], ids=["sound", "truncated"])
+def test_entry_from_before_digests_is_adopted_only_if_its_image_is_sound(
+        tmp_path: Path, synthetic_bzimage: bytes, damage: Callable[[Path], None] | None, hit: bool) -> None:
+    spec = _stand_in_copying(tmp_path, synthetic_bzimage)
+    cache = tmp_path / "cache"
+    built = build_kernel(spec, arch="x86_64", cache_root=cache, source_date_epoch=0, use_ccache=False)
+    entry_path = built.image.parent / "entry.json"
+    legacy = json.loads(entry_path.read_text())
+    del legacy["sha256"]
+    entry_path.write_text(json.dumps(legacy))
+    if damage is not None:
+        damage(built.image)
+    again = build_kernel(spec, arch="x86_64", cache_root=cache, source_date_epoch=0, use_ccache=False)
+    assert again.cache_hit is hit
+    assert again.image.read_bytes() == synthetic_bzimage
+    assert "sha256" in json.loads(entry_path.read_text())  # recorded from now on
