@@ -19,7 +19,7 @@ from mkimage.errors import ExitCode, MkspawnError
 log = logging.getLogger("mkspawn")
 
 # Each module in mkimage.commands exports ``command`` (a click command or group).
-COMMANDS = ("bundle", "check", "dt", "initramfs", "keys", "load", "recipe")
+COMMANDS = ("bundle", "check", "dt", "initramfs", "keys", "load", "recipe", "registry")
 
 
 class _Context:

@@ -1,0 +1,91 @@
+"""`mkspawn push|pull`: bundles through OCI registries and OCI image layouts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from mkimage.commands.options import F, echo_json, json_option, load_trust, state_option, trust_option
+from mkimage.errors import UsageError
+from mkimage.registry.client import ClientOptions
+from mkimage.registry.reference import Ref, parse_reference
+from mkimage.registry.transfer import PullResult, open_store, pull_bundle, push_bundle
+from mkimage.signing.trust import TrustStore
+
+bundle_path = click.Path(path_type=Path, dir_okay=False)
+
+
+def registry_options(f: F) -> F:
+    f = click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
+                     help="Seconds to wait for a connection or for the next bytes of a transfer.")(f)
+    f = click.option("--ca-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                     help="Also trust this CA certificate (PEM) for the registry's TLS.")(f)
+    f = click.option("--insecure-registry", "insecure_registries", multiple=True, metavar="HOST",
+                     help="Allow --insecure for this non-loopback registry host (repeatable).")(f)
+    f = click.option("--insecure", is_flag=True, help="Plain HTTP (loopback registries only, unless named "
+                     "with --insecure-registry).")(f)
+    return f
+
+
+def client_options(insecure: bool, insecure_registries: tuple[str, ...], ca_cert: Path | None,
+                   timeout_s: float) -> ClientOptions:
+    return ClientOptions(insecure=insecure, insecure_registries=frozenset(insecure_registries), ca_cert=ca_cert,
+                         connect_timeout_s=min(timeout_s, 10.0), timeout_s=timeout_s, env=dict(os.environ))
+
+
+def pull_to(ref: Ref, out: Path, trust: TrustStore, state_file: Path | None, options: ClientOptions) -> PullResult:
+    """Pull ``ref`` into ``out`` (verified); shared with ``load REF``."""
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory", code="bad-output")
+    with open_store(ref, options, push=False) as store:
+        return pull_bundle(ref, store, out, trust, state_file=state_file)
+
+
+@click.command("push")
+@click.argument("bundle", type=bundle_path)
+@click.argument("reference", metavar="REF")
+@registry_options
+@json_option
+def push(bundle: Path, reference: str, insecure: bool, insecure_registries: tuple[str, ...], ca_cert: Path | None,
+         timeout_s: float, as_json: bool) -> None:
+    """Publish BUNDLE at REF (HOST[:PORT]/REPO[:TAG] or oci:DIR[:TAG]); prints the manifest digest."""
+    ref = parse_reference(reference)
+    if ref.digest is not None:
+        raise UsageError(f"{reference}: push takes a tag, not a digest (the digest is the result)",
+                         code="bad-reference")
+    options = client_options(insecure, insecure_registries, ca_cert, timeout_s)
+    with open_store(ref, options, push=True) as store:
+        result = push_bundle(bundle, ref, store)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(result.digest)
+
+
+@click.command("pull")
+@click.argument("reference", metavar="REF")
+@click.option("-o", "--output", "out", type=bundle_path, required=True, help="Bundle file to write.")
+@trust_option
+@state_option
+@registry_options
+@json_option
+def pull(reference: str, out: Path, trust_dir: Path | None, state_file: Path | None, insecure: bool,
+         insecure_registries: tuple[str, ...], ca_cert: Path | None, timeout_s: float, as_json: bool) -> None:
+    """Fetch the bundle at REF, verify it like `mkspawn verify`, and only then write it
+    (exit 3 if rejected, 5 on rollback; nothing is written then)."""
+    ref = parse_reference(reference)
+    trust = load_trust(trust_dir)
+    options = client_options(insecure, insecure_registries, ca_cert, timeout_s)
+    result = pull_to(ref, out, trust, state_file, options)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    m = result.report.manifest
+    keys = ", ".join(k[:16] + "…" for k in result.report.trusted_by)
+    click.echo(f"{out}: OK: {m.recipe_name} {m.recipe_version} ({m.kernel_release}) from {ref}@{result.digest}, "
+               f"signed by {keys}")
+
+
+command = [push, pull]

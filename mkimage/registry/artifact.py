@@ -1,0 +1,231 @@
+"""A bundle as an OCI artifact, and back: pure functions over bytes and records.
+
+The OCI image manifest carries our own ``artifactType``; its config blob is the bundle's
+canonical manifest.json (exact bytes), and its layers are the bundle's members after the
+manifest, in bundle order: one per signature, then one per component.  A component's layer
+digest is the manifest's sha256 of it, so two bundles sharing a kernel share that blob.
+Because the bundle container is canonical, the members alone determine every byte of the
+bundle: reassembly with the bundle writer reproduces the pushed file exactly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mkimage.bundle.canon import canonical_json
+from mkimage.bundle.container import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, BundleContents
+from mkimage.bundle.manifest import SIGNATURE_DIR, Component, Manifest, Signature
+from mkimage.errors import FormatError, VerifyError
+
+OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+ARTIFACT_TYPE = "application/vnd.mkspawn.bundle.v1"
+CONFIG_MEDIA_TYPE = "application/vnd.mkspawn.bundle.manifest.v1+json"
+SIGNATURE_MEDIA_TYPE = "application/vnd.mkspawn.bundle.signature.v1+json"
+TITLE = "org.opencontainers.image.title"
+CREATED = "org.opencontainers.image.created"
+VERSION = "org.opencontainers.image.version"
+# distribution refuses manifests above 4 MiB; ours are a few KiB, so anything near the
+# cap is not ours and is refused before it is parsed.
+MAX_OCI_MANIFEST_BYTES = 4 << 20
+MAX_CONFIG_BYTES = MAX_MANIFEST_BYTES
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """An OCI content descriptor; ``title`` is the bundle member the blob becomes."""
+
+    media_type: str
+    digest: str
+    size: int
+    title: str | None = None
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.title is not None:
+            d["annotations"] = {TITLE: self.title}
+        return d
+
+    def __str__(self) -> str:
+        return f"{self.title or self.media_type} ({self.digest[:19]}…, {self.size} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """An OCI image manifest as pushed or pulled: the exact bytes and what they describe."""
+
+    manifest_bytes: bytes
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest_bytes)
+
+    @property
+    def blobs(self) -> tuple[Descriptor, ...]:
+        return (self.config, *self.layers)
+
+
+@dataclass(frozen=True, slots=True)
+class BundlePlan:
+    """A pulled artifact whose layers match its config: everything needed to reassemble."""
+
+    manifest_bytes: bytes
+    manifest: Manifest
+    signature_layers: tuple[Descriptor, ...]
+    component_layers: tuple[tuple[Component, Descriptor], ...]
+
+
+def _created(epoch: int) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def artifact_for(contents: BundleContents) -> Artifact:
+    """The OCI manifest for a structurally verified bundle; canonical JSON, so a bundle
+    always maps to the same manifest digest."""
+    manifest = contents.manifest
+    config = Descriptor(CONFIG_MEDIA_TYPE, sha256_digest(contents.manifest_bytes), len(contents.manifest_bytes))
+    layers = [Descriptor(SIGNATURE_MEDIA_TYPE, sha256_digest(raw), len(raw), sig.member_name)
+              for raw, sig in contents.signatures]
+    layers += [Descriptor(c.media_type, f"sha256:{c.sha256}", c.size, c.path) for c in manifest.components]
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": config.to_dict(),
+        "layers": [layer.to_dict() for layer in layers],
+        "annotations": {
+            CREATED: _created(manifest.provenance.source_date_epoch),
+            TITLE: manifest.recipe_name,
+            VERSION: manifest.recipe_version,
+        },
+    }
+    return Artifact(canonical_json(document), config, tuple(layers))
+
+
+def _reject(where: str, what: str, code: str = "bad-oci-manifest") -> VerifyError:
+    return VerifyError(f"{where}: {what}", code=code)
+
+
+def _descriptor(value: object, where: str, field: str) -> Descriptor:
+    if not isinstance(value, Mapping):
+        raise _reject(where, f"{field}: expected an object")
+    media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        raise _reject(where, f"{field}.mediaType: expected a string")
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise _reject(where, f"{field}.digest: observed {digest!r}, expected sha256:<64 lowercase hex>")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise _reject(where, f"{field}.size: observed {size!r}, expected a non-negative integer")
+    annotations = value.get("annotations", {})
+    if not isinstance(annotations, Mapping):
+        raise _reject(where, f"{field}.annotations: expected an object")
+    title = annotations.get(TITLE)
+    if title is not None and not isinstance(title, str):
+        raise _reject(where, f"{field}.annotations[{TITLE}]: expected a string")
+    return Descriptor(media_type, digest, size, title)
+
+
+def parse_artifact(data: bytes, where: str) -> Artifact:
+    """Decode a pulled OCI manifest; VerifyError unless it is a mkspawn bundle artifact.
+
+    Other tools may have copied the manifest, so any valid JSON spelling is accepted: its
+    digest is over the bytes as served, never a re-encoding.
+    """
+    if len(data) > MAX_OCI_MANIFEST_BYTES:
+        raise _reject(where, f"manifest is {len(data)} bytes, limit {MAX_OCI_MANIFEST_BYTES}", "blob-too-large")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _reject(where, f"manifest is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise _reject(where, "manifest is not a JSON object")
+    if doc.get("schemaVersion") != 2:
+        raise _reject(where, f"schemaVersion: observed {doc.get('schemaVersion')!r}, expected 2")
+    if doc.get("mediaType", OCI_MANIFEST_MEDIA_TYPE) != OCI_MANIFEST_MEDIA_TYPE:
+        raise _reject(where, f"mediaType: observed {doc.get('mediaType')!r}, expected {OCI_MANIFEST_MEDIA_TYPE}")
+    if doc.get("artifactType") != ARTIFACT_TYPE:
+        raise _reject(where, f"artifactType: observed {doc.get('artifactType')!r}, expected {ARTIFACT_TYPE} "
+                      "(not a mkspawn bundle)", "not-a-bundle")
+    config = _descriptor(doc.get("config"), where, "config")
+    if config.media_type != CONFIG_MEDIA_TYPE:
+        raise _reject(where, f"config.mediaType: observed {config.media_type!r}, expected {CONFIG_MEDIA_TYPE}",
+                      "layer-mismatch")
+    if config.size > MAX_CONFIG_BYTES:
+        raise _reject(where, f"config blob is {config.size} bytes, limit {MAX_CONFIG_BYTES}", "blob-too-large")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise _reject(where, "layers: expected an array")
+    return Artifact(data, config, tuple(_descriptor(v, where, f"layers[{i}]") for i, v in enumerate(layers)))
+
+
+def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[bytes], where: str) -> BundlePlan:
+    """Check that the layers are exactly the config's signatures and components.
+
+    ``config_bytes`` and the signature blobs must already match their digests.  Every
+    component layer must carry the manifest's path, media type, size and sha256, in the
+    manifest's order; nothing else may be there.
+    """
+    try:
+        manifest = Manifest.from_bytes(config_bytes)
+    except FormatError as e:
+        raise VerifyError(f"{where}: config blob: {e.message}", code=e.code) from None
+    signature_layers = tuple(layer for layer in artifact.layers if layer.media_type == SIGNATURE_MEDIA_TYPE)
+    if artifact.layers[: len(signature_layers)] != signature_layers:
+        raise _reject(where, "signature layers must come before the component layers", "layer-mismatch")
+    if len(signatures) != len(signature_layers):
+        raise ValueError("one signature blob per signature layer")
+    titles = [layer.title for layer in signature_layers]
+    if len(set(titles)) != len(titles) or titles != sorted(t or "" for t in titles):
+        raise _reject(where, "signature layers are not unique and sorted by title", "layer-mismatch")
+    for layer, raw in zip(signature_layers, signatures, strict=True):
+        if layer.size > MAX_SIGNATURE_BYTES:
+            raise _reject(where, f"signature layer {layer} exceeds {MAX_SIGNATURE_BYTES} bytes", "blob-too-large")
+        try:
+            signature = Signature.from_bytes(raw, what=str(layer.title))
+        except FormatError as e:
+            raise VerifyError(f"{where}: {e.message}", code=e.code) from None
+        if layer.title != signature.member_name:
+            raise _reject(where, f"signature layer titled {layer.title!r} holds a signature by {signature.keyid}",
+                          "layer-mismatch")
+
+    paths = {c.path for c in manifest.components}
+    rest = artifact.layers[len(signature_layers) :]
+    pairs: list[tuple[Component, Descriptor]] = []
+    for index, component in enumerate(manifest.components):
+        if index >= len(rest):
+            raise _reject(where, f"no layer for component {component.path!r} named in the config", "missing-layer")
+        layer = rest[index]
+        if layer.title != component.path:
+            if layer.title in paths:
+                raise _reject(where, f"layer {layer} is out of order; expected {component.path!r}", "layer-mismatch")
+            if layer.title is not None and layer.title.startswith(SIGNATURE_DIR):
+                raise _reject(where, f"layer {layer}: media type {layer.media_type!r} for a signature, expected "
+                              f"{SIGNATURE_MEDIA_TYPE}", "layer-mismatch")
+            raise _reject(where, f"layer {layer} is not a component of the config", "extra-layer")
+        expected = Descriptor(component.media_type, f"sha256:{component.sha256}", component.size, component.path)
+        for field, observed, wanted in (("media type", layer.media_type, expected.media_type),
+                                        ("digest", layer.digest, expected.digest),
+                                        ("size", layer.size, expected.size)):
+            if observed != wanted:
+                raise _reject(where, f"layer {component.path!r} {field}: observed {observed!r}, "
+                              f"expected {wanted!r} from the config", "layer-mismatch")
+        pairs.append((component, layer))
+    if len(rest) > len(pairs):
+        raise _reject(where, f"layer {rest[len(pairs)]} is not a component of the config", "extra-layer")
+    return BundlePlan(config_bytes, manifest, signature_layers, tuple(pairs))

@@ -1,0 +1,377 @@
+"""The OCI distribution API over HTTP(S), written with ``requests``.
+
+oras-py 0.2.43 was evaluated first and does not serve: its requests carry no timeout, a
+retry decorator sleeps 2 + 3**n seconds on any error (a dead registry hangs for minutes),
+blob downloads neither cap the size, check the digest nor resume with Range, monolithic
+uploads read the whole blob into memory, manifests come back parsed (the exact bytes a
+digest is over are lost), cross-repository mount and ``$REGISTRY_AUTH_FILE`` are absent,
+and TLS takes either its CA bundle or the default one, not both.
+
+Every request has a connect and a read timeout.  TLS is verified against the system CAs
+plus ``--ca-cert``.  Credentials go in headers only; no header, URL query with a token,
+or password is ever logged or put in a message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+import requests.adapters
+
+from mkimage import __version__
+from mkimage.errors import InputError, RegistryError, UsageError, VerifyError
+from mkimage.registry.artifact import OCI_MANIFEST_MEDIA_TYPE, Descriptor
+from mkimage.registry.auth import Challenge, Credentials, auth_files, find_credentials, parse_challenge
+from mkimage.registry.reference import RegistryRef, is_loopback
+
+log = logging.getLogger("mkspawn")
+
+# Docker's schema 2 is accepted only so that a container image is refused as "not a
+# bundle" rather than as "unknown tag".
+MANIFEST_ACCEPT = f"{OCI_MANIFEST_MEDIA_TYPE}, application/vnd.docker.distribution.manifest.v2+json"
+OCTET_STREAM = "application/octet-stream"
+DOWNLOAD_CHUNK = 1 << 20
+_MAX_ERROR_BODY = 64 << 10
+
+
+class Body(Protocol):
+    """A request body streamed by http.client: ``read`` in blocks, ``len`` for Content-Length."""
+
+    def read(self, size: int = -1) -> bytes: ...
+
+    def __len__(self) -> int: ...
+
+
+# (offset, length) → a fresh body over that part of the blob, so a failed chunk can be resent.
+BlobSource = Callable[[int, int], Body]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    insecure: bool = False  # plain HTTP, for loopback or an --insecure-registry host
+    insecure_registries: frozenset[str] = frozenset()
+    ca_cert: Path | None = None
+    connect_timeout_s: float = 10.0
+    timeout_s: float = 60.0  # between bytes, not for the whole transfer
+    chunk_size: int = 64 << 20  # blobs above this go up in PATCH chunks of this size
+    retries: int = 3  # resumptions per blob after a dropped connection
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def check_transport(ref: RegistryRef, options: ClientOptions) -> None:
+    """Plain HTTP only when asked for, and only to this machine or a host named for it."""
+    if not options.insecure:
+        return
+    named = ref.host in options.insecure_registries or ref.hostname in options.insecure_registries
+    if not is_loopback(ref.hostname) and not named:
+        raise UsageError(f"{ref.host}: --insecure (plain HTTP) is allowed for loopback registries only; "
+                         f"name the host with --insecure-registry {ref.host} to allow it", code="insecure-refused")
+
+
+class _SystemCAAdapter(requests.adapters.HTTPAdapter):
+    """HTTPS verified against the system CA store plus an optional extra CA file."""
+
+    def __init__(self, ca_cert: Path | None) -> None:
+        self._context = ssl.create_default_context()
+        if ca_cert is not None:
+            try:
+                self._context.load_verify_locations(cafile=str(ca_cert))
+            except (OSError, ssl.SSLError) as e:
+                raise InputError(f"{ca_cert}: cannot load CA certificate: {e}", code="bad-ca-cert") from None
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _reason(e: BaseException) -> str:
+    """The OS-level cause buried in a requests exception, without URLs or object reprs."""
+    text = str(e)
+    for pattern in (r"certificate verify failed: ([^('\")]+)", r"\[Errno -?\d+\] ([^'\")]+)",
+                    r"(Read timed out|Connection aborted|Connection broken: [A-Za-z]+)"):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(1).strip().rstrip(".")
+    return type(e).__name__
+
+
+class RegistryClient:
+    """One repository on one registry; authentication is negotiated on the first 401."""
+
+    def __init__(self, ref: RegistryRef, options: ClientOptions, *, push: bool) -> None:
+        check_transport(ref, options)
+        self.ref = ref
+        self.options = options
+        self._base = f"{'http' if options.insecure else 'https'}://{ref.host}"
+        self._session = requests.Session()
+        self._session.trust_env = False  # no ~/.netrc credentials or proxies slipped in unseen
+        self._session.mount("https://", _SystemCAAdapter(options.ca_cert))
+        self._session.headers["User-Agent"] = f"mkspawn/{__version__}"
+        self._credentials: Credentials | None = find_credentials(ref.host, options.env)
+        self._authorization: str | None = None
+        self._scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # ---- plumbing ------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return f"{self._base}/v2/{self.ref.repository}/{path}"
+
+    def _send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+              body: Callable[[], Body | bytes] | None = None) -> requests.Response:
+        """One request, authenticated on a 401; the response is streamed, so close it."""
+        for attempt in range(2):
+            sent = dict(headers or {})
+            if self._authorization is not None:
+                sent["Authorization"] = self._authorization
+            try:
+                response = self._session.request(
+                    method, url, headers=sent, data=body() if body is not None else None, stream=True,
+                    timeout=(self.options.connect_timeout_s, self.options.timeout_s))
+            except requests.exceptions.SSLError as e:
+                raise RegistryError(f"{self.ref.host}: TLS: {_reason(e)}", code="registry-tls",
+                                    hint="name the registry's CA with --ca-cert FILE") from None
+            except requests.exceptions.Timeout as e:
+                raise RegistryError(f"{self.ref.host}: timed out ({_reason(e)})", code="registry-timeout") from None
+            except requests.exceptions.ConnectionError as e:
+                raise RegistryError(f"{self.ref.host}: cannot connect: {_reason(e)}",
+                                    code="registry-unreachable") from None
+            if response.status_code == 401 and attempt == 0 and self._authenticate(response):
+                response.close()
+                continue
+            return response
+        return response
+
+    def _authenticate(self, response: requests.Response) -> bool:
+        """Set the Authorization for this registry from its challenge; False if nothing new to try."""
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if challenge is None or challenge.scheme not in ("basic", "bearer"):
+            return False
+        if challenge.scheme == "basic":
+            if self._credentials is None:
+                raise self._no_credentials()
+            header = self._credentials.basic_header()
+        else:
+            header = f"Bearer {self._token(challenge)}"
+        if header == self._authorization:
+            return False
+        self._authorization = header
+        return True
+
+    def _no_credentials(self) -> RegistryError:
+        files = " or ".join(str(p) for p in auth_files(self.options.env)) or "no credentials file"
+        return RegistryError(f"{self.ref.host}: the registry requires credentials and there are none for "
+                             f"{self.ref.host} in {files}", code="registry-auth-failed")
+
+    def _denied(self, response: requests.Response) -> RegistryError:
+        who = (f"as {self._credentials.username!r} (from {self._credentials.source})"
+               if self._credentials is not None else "anonymously")
+        return RegistryError(f"{self.ref.host}: access denied {who}: HTTP {response.status_code}"
+                             f"{_error_text(response)}", code="registry-auth-failed")
+
+    def _token(self, challenge: Challenge) -> str:
+        realm = challenge.params.get("realm", "")
+        parts = urlsplit(realm)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise RegistryError(f"{self.ref.host}: bearer challenge without a usable realm", code="registry-error")
+        if parts.scheme == "http" and not self.options.insecure:
+            raise RegistryError(f"{self.ref.host}: token realm {parts.netloc} is plain HTTP; refusing to send "
+                                "credentials there without --insecure", code="registry-auth-failed")
+        params = {"scope": self._scope}
+        if "service" in challenge.params:
+            params["service"] = challenge.params["service"]
+        auth = (self._credentials.username, self._credentials.password) if self._credentials else None
+        try:
+            response = self._session.get(realm, params=params, auth=auth,
+                                         timeout=(self.options.connect_timeout_s, self.options.timeout_s))
+        except requests.exceptions.RequestException as e:
+            raise RegistryError(f"{self.ref.host}: token service {parts.netloc}: {_reason(e)}",
+                                code="registry-unreachable") from None
+        with response:
+            if response.status_code in (401, 403):
+                raise self._denied(response)
+            if response.status_code != 200:
+                raise RegistryError(f"{self.ref.host}: token service {parts.netloc}: HTTP {response.status_code}",
+                                    code="registry-error")
+            try:
+                doc = response.json()
+            except ValueError:
+                doc = None
+        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{self.ref.host}: token service {parts.netloc} returned no token",
+                                code="registry-error")
+        return token
+
+    def _check(self, response: requests.Response, what: str, *ok: int) -> None:
+        if response.status_code in ok:
+            return
+        if response.status_code in (401, 403):
+            raise self._denied(response)
+        raise RegistryError(f"{self.ref.host}: {what}: HTTP {response.status_code}{_error_text(response)}",
+                            code="registry-error")
+
+    def _location(self, response: requests.Response) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(f"{self.ref.host}: upload session without a Location", code="registry-error")
+        return urljoin(self._base + "/", location)
+
+    # ---- the API -------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """``GET /v2/``: proves the registry speaks the API and settles authentication."""
+        with self._send("GET", f"{self._base}/v2/") as response:
+            self._check(response, "API version check", 200)
+
+    def prepare(self) -> None:
+        self.probe()
+
+    def get_manifest(self, cap: int) -> bytes:
+        """The manifest's exact bytes, refused once they exceed ``cap``."""
+        what = f"manifest {self.ref.reference}"
+        with self._send("GET", self._url(f"manifests/{self.ref.reference}"),
+                        headers={"Accept": MANIFEST_ACCEPT}) as response:
+            if response.status_code == 404:
+                raise InputError(f"{self.ref}: no such manifest in {self.ref.host}/{self.ref.repository}"
+                                 f"{_error_text(response)}", code="unknown-reference")
+            self._check(response, what, 200)
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > cap:
+                raise VerifyError(f"{self.ref}: manifest is {length} bytes, limit {cap}", code="blob-too-large")
+            data = bytearray()
+            for chunk in self._chunks(response, what):
+                data += chunk
+                if len(data) > cap:
+                    raise VerifyError(f"{self.ref}: manifest exceeds {cap} bytes", code="blob-too-large")
+            return bytes(data)
+
+    def put_manifest(self, data: bytes, tag: str) -> str:
+        with self._send("PUT", self._url(f"manifests/{tag}"), headers={"Content-Type": OCI_MANIFEST_MEDIA_TYPE},
+                        body=lambda: data) as response:
+            self._check(response, f"manifest upload to {tag}", 201)
+            return response.headers.get("Docker-Content-Digest", "")
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        with self._send("HEAD", self._url(f"blobs/{desc.digest}")) as response:
+            if response.status_code == 404:
+                return False
+            self._check(response, f"blob check of {desc}", 200)
+            return True
+
+    def put_blob(self, desc: Descriptor, source: BlobSource, progress: Callable[[int], None]) -> None:
+        """Monolithic PUT up to ``chunk_size``; above it, PATCH chunks that resume after a drop."""
+        with self._send("POST", self._url("blobs/uploads/")) as response:
+            self._check(response, f"upload of {desc}", 202)
+            location = self._location(response)
+        chunk = self.options.chunk_size
+        headers = {"Content-Type": OCTET_STREAM}
+        offset = 0
+        failures = 0
+        while desc.size > chunk and offset < desc.size:
+            length = min(chunk, desc.size - offset)
+            start = offset
+            try:
+                response = self._send("PATCH", location, body=functools.partial(source, start, length),
+                                      headers={**headers, "Content-Range": f"{start}-{start + length - 1}"})
+            except RegistryError as e:
+                failures += 1
+                if e.code == "registry-tls" or failures > self.options.retries:
+                    raise
+                log.info("push: %s: %s; resuming the upload", desc.title, e.message)
+                offset, location = self._upload_status(location, desc)
+                continue
+            with response:
+                self._check(response, f"upload of {desc}", 202)
+                location = self._location(response)
+            offset += length
+            progress(length)
+        whole = desc.size <= chunk
+        with self._send("PUT", _with_query(location, digest=desc.digest), headers=headers,
+                        body=(lambda: source(0, desc.size)) if whole else (lambda: b"")) as response:
+            if response.status_code == 400 and "DIGEST_INVALID" in _error_text(response):
+                raise VerifyError(f"{self.ref.host}: the registry computed another digest for {desc}",
+                                  code="digest-mismatch")
+            self._check(response, f"upload of {desc}", 201)
+        if whole:
+            progress(desc.size)
+
+    def _upload_status(self, location: str, desc: Descriptor) -> tuple[int, str]:
+        """How much of an interrupted upload the registry holds: ``Range: 0-<last>``."""
+        with self._send("GET", location) as response:
+            self._check(response, f"upload status of {desc}", 204)
+            match = re.fullmatch(r"(?:bytes=)?0-(\d+)", response.headers.get("Range", ""))
+            return (int(match.group(1)) + 1 if match else 0), self._location(response)
+
+    def iter_blob(self, desc: Descriptor) -> Iterator[bytes]:
+        """The blob's bytes as served (the caller checks size and digest); a dropped
+        connection resumes with ``Range`` up to ``retries`` times."""
+        received = 0
+        failures = 0
+        while True:
+            headers = {"Accept-Encoding": "identity"}
+            if received:
+                headers["Range"] = f"bytes={received}-"
+            with self._send("GET", self._url(f"blobs/{desc.digest}"), headers=headers) as response:
+                if response.status_code == 404:
+                    raise VerifyError(f"{self.ref}: blob {desc} is in the manifest but not in the registry",
+                                      code="blob-unknown")
+                self._check(response, f"download of {desc}", 200, 206)
+                skip = received if response.status_code == 200 else 0  # Range ignored: start over, drop the head
+                try:
+                    for chunk in response.iter_content(DOWNLOAD_CHUNK):
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            skip -= dropped
+                            chunk = chunk[dropped:]
+                        if chunk:
+                            received += len(chunk)
+                            yield chunk
+                    return
+                except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+                    failures += 1
+                    if failures > self.options.retries:
+                        raise RegistryError(f"{self.ref.host}: connection lost {failures} times fetching {desc} "
+                                            f"({received} bytes in): {_reason(e)}",
+                                            code="transfer-interrupted") from None
+                    log.info("pull: %s: connection lost at byte %d (%s); resuming", desc.title, received, _reason(e))
+
+    def _chunks(self, response: requests.Response, what: str) -> Iterator[bytes]:
+        try:
+            yield from response.iter_content(DOWNLOAD_CHUNK)
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+            raise RegistryError(f"{self.ref.host}: {what}: connection lost: {_reason(e)}",
+                                code="transfer-interrupted") from None
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _error_text(response: requests.Response) -> str:
+    """``: CODE: message`` from a distribution error body, if there is one."""
+    try:
+        raw = response.raw.read(_MAX_ERROR_BODY, decode_content=True)
+        doc = json.loads(raw or b"null")
+    except (ValueError, OSError, requests.exceptions.RequestException):
+        return ""
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    texts = [f"{e.get('code', '?')}: {e.get('message', '')}".strip() for e in errors[:3] if isinstance(e, dict)]
+    return (": " + "; ".join(texts))[:300] if texts else ""

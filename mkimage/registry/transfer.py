@@ -1,0 +1,265 @@
+"""Push a bundle to a registry or layout, and pull one back: only verified bytes land.
+
+A push uploads what the store lacks (a blob it already holds is skipped, so a bundle
+sharing a kernel with an earlier one uploads no kernel bytes) and then the manifest.
+A pull checks every blob's size and digest as it streams, reassembles the bundle with
+the bundle writer into a temp file beside the output, runs ``verify_bundle`` on it (the
+same check as ``mkspawn verify``), and only then renames it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from mkimage.bundle.container import MAX_SIGNATURE_BYTES, write_bundle
+from mkimage.bundle.verify import BundleReport, opened_bundle, verify_bundle
+from mkimage.errors import MkspawnError, RegistryError, VerifyError
+from mkimage.outputs import atomic_path
+from mkimage.registry.artifact import (
+    MAX_OCI_MANIFEST_BYTES,
+    SIGNATURE_MEDIA_TYPE,
+    Artifact,
+    Descriptor,
+    artifact_for,
+    parse_artifact,
+    plan_bundle,
+    sha256_digest,
+)
+from mkimage.registry.client import BlobSource, ClientOptions, RegistryClient
+from mkimage.registry.layout import LayoutStore
+from mkimage.registry.reference import DEFAULT_TAG, LayoutRef, Ref
+from mkimage.signing.trust import TrustStore
+
+log = logging.getLogger("mkspawn")
+
+PROGRESS_MIN_BYTES = 8 << 20  # smaller blobs move too fast for progress lines to help
+
+
+class Store(Protocol):
+    def prepare(self) -> None: ...
+
+    def probe(self) -> None: ...
+
+    def has_blob(self, desc: Descriptor) -> bool: ...
+
+    def put_blob(self, desc: Descriptor, source: BlobSource, progress: Callable[[int], None]) -> None: ...
+
+    def put_manifest(self, data: bytes, tag: str) -> str: ...
+
+    def get_manifest(self, cap: int) -> bytes: ...
+
+    def iter_blob(self, desc: Descriptor) -> Iterator[bytes]: ...
+
+
+@contextlib.contextmanager
+def open_store(ref: Ref, options: ClientOptions, *, push: bool) -> Iterator[Store]:
+    if isinstance(ref, LayoutRef):
+        yield LayoutStore(ref)
+        return
+    client = RegistryClient(ref, options, push=push)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class BlobReport:
+    desc: Descriptor
+    status: str  # "uploaded" / "skipped" on push, "fetched" on pull
+
+    def to_dict(self) -> dict[str, object]:
+        return {"digest": self.desc.digest, "size": self.desc.size, "mediaType": self.desc.media_type,
+                "title": self.desc.title, "status": self.status}
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    reference: str
+    digest: str
+    blobs: tuple[BlobReport, ...]
+
+    @property
+    def uploaded_bytes(self) -> int:
+        return sum(b.desc.size for b in self.blobs if b.status == "uploaded")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"reference": self.reference, "digest": self.digest, "uploaded_bytes": self.uploaded_bytes,
+                "skipped_bytes": sum(b.desc.size for b in self.blobs if b.status == "skipped"),
+                "blobs": [b.to_dict() for b in self.blobs]}
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    reference: str
+    digest: str
+    path: Path
+    report: BundleReport
+    blobs: tuple[BlobReport, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        return {"ok": True, "reference": self.reference, "digest": self.digest,
+                "blobs": [b.to_dict() for b in self.blobs], **self.report.to_dict()}
+
+
+class Progress:
+    """Log lines at each quarter of a large transfer (shown with ``-v``)."""
+
+    def __init__(self, verb: str, desc: Descriptor) -> None:
+        self._verb, self._desc, self._done, self._next_quarter = verb, desc, 0, 1
+
+    def __call__(self, n: int) -> None:
+        self._done += n
+        size = self._desc.size
+        if size < PROGRESS_MIN_BYTES:
+            return
+        while self._next_quarter <= 4 and self._done * 4 >= size * self._next_quarter:
+            log.info("%s: %s %d%% (%d of %d MiB)", self._verb, self._desc.title, 25 * self._next_quarter,
+                     self._done >> 20, size >> 20)
+            self._next_quarter += 1
+
+
+class FileRange:
+    """Part of an open file as a request body: ``read`` in blocks, ``len`` for Content-Length."""
+
+    def __init__(self, f: BinaryIO, start: int, length: int) -> None:
+        self._f, self._pos, self._left = f, start, length
+
+    def __len__(self) -> int:
+        return self._left
+
+    def read(self, size: int = -1) -> bytes:
+        want = self._left if size < 0 else min(size, self._left)
+        if not want:
+            return b""
+        self._f.seek(self._pos)
+        data = self._f.read(want)
+        if not data:
+            raise VerifyError(f"{getattr(self._f, 'name', 'bundle')}: ends early while uploading", code="truncated")
+        self._pos += len(data)
+        self._left -= len(data)
+        return data
+
+
+def _bytes_source(data: bytes) -> BlobSource:
+    def source(start: int, length: int) -> FileRange:
+        return FileRange(io.BytesIO(data), start, length)
+
+    return source
+
+
+def push_bundle(bundle: Path, ref: Ref, store: Store) -> PushResult:
+    """Upload the blobs the store lacks, then the manifest under the reference's tag."""
+    tag = ref.tag or DEFAULT_TAG
+    with opened_bundle(bundle) as (f, contents):
+        artifact = artifact_for(contents)
+        sources: list[tuple[Descriptor, BlobSource]] = [(artifact.config, _bytes_source(contents.manifest_bytes))]
+        signed = len(contents.signatures)
+        sources += [(layer, _bytes_source(raw))
+                    for layer, (raw, _) in zip(artifact.layers[:signed], contents.signatures, strict=True)]
+        for component, layer in zip(contents.manifest.components, artifact.layers[signed:], strict=True):
+            offset, _ = contents.component_offsets[component.path]
+            sources.append((layer, functools.partial(_file_source, f, offset)))
+        store.prepare()
+        reports = []
+        for desc, source in sources:
+            if store.has_blob(desc):
+                log.info("push: %s: already there, skipped", desc)
+                reports.append(BlobReport(desc, "skipped"))
+                continue
+            log.info("push: %s: uploading", desc)
+            store.put_blob(desc, source, Progress("push", desc))
+            reports.append(BlobReport(desc, "uploaded"))
+        recorded = store.put_manifest(artifact.manifest_bytes, tag)
+    if recorded and recorded != artifact.digest:
+        raise RegistryError(f"{ref}: the registry recorded manifest digest {recorded}, expected {artifact.digest}",
+                            code="registry-error")
+    log.info("push: %s: manifest %s", ref, artifact.digest)
+    return PushResult(str(ref), artifact.digest, tuple(reports))
+
+
+def _file_source(f: BinaryIO, base: int, start: int, length: int) -> FileRange:
+    return FileRange(f, base + start, length)
+
+
+def checked_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: str = "pull") -> Generator[bytes]:
+    """The blob's chunks, refused as soon as they exceed the descriptor's size, and at the
+    end unless they are exactly its size and digest."""
+    digest = hashlib.sha256()
+    received = 0
+    progress = Progress(verb, desc)
+    try:
+        for chunk in chunks:
+            received += len(chunk)
+            if received > desc.size:
+                raise VerifyError(f"{where}: blob {desc} is larger than its descriptor says", code="blob-too-large")
+            digest.update(chunk)
+            progress(len(chunk))
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if received < desc.size:
+        raise VerifyError(f"{where}: blob {desc} ends after {received} bytes", code="truncated")
+    if f"sha256:{digest.hexdigest()}" != desc.digest:
+        raise VerifyError(f"{where}: blob {desc.title or desc.media_type}: sha256 observed {digest.hexdigest()}, "
+                          f"expected {desc.hex}", code="digest-mismatch")
+
+
+def _fetch_small(store: Store, desc: Descriptor, cap: int, where: str) -> bytes:
+    if desc.size > cap:
+        raise VerifyError(f"{where}: blob {desc} exceeds the {cap}-byte limit for its kind", code="blob-too-large")
+    return b"".join(checked_blob(store.iter_blob(desc), desc, where))
+
+
+def fetch_artifact(ref: Ref, store: Store) -> Artifact:
+    """The manifest, capped, checked against the reference's digest, parsed strictly."""
+    store.probe()
+    data = store.get_manifest(MAX_OCI_MANIFEST_BYTES)
+    if ref.digest is not None and sha256_digest(data) != ref.digest:
+        raise VerifyError(f"{ref}: manifest digest observed {sha256_digest(data)}, expected {ref.digest}",
+                          code="digest-mismatch")
+    return parse_artifact(data, str(ref))
+
+
+def pull_bundle(ref: Ref, store: Store, out: Path, trust: TrustStore, *, state_file: Path | None = None) -> PullResult:
+    """Fetch, check every digest, reassemble, verify; ``out`` appears only if all passed."""
+    where = str(ref)
+    artifact = fetch_artifact(ref, store)
+    config_bytes = _fetch_small(store, artifact.config, artifact.config.size, where)
+    signature_layers = [layer for layer in artifact.layers if layer.media_type == SIGNATURE_MEDIA_TYPE]
+    signatures = [_fetch_small(store, layer, MAX_SIGNATURE_BYTES, where) for layer in signature_layers]
+    plan = plan_bundle(artifact, config_bytes, signatures, where)
+    components = [(component.path, functools.partial(_component_chunks, store, layer, where))
+                  for component, layer in plan.component_layers]
+    with atomic_path(out) as tmp:
+        with tmp.open("wb") as f:
+            write_bundle(f, plan.manifest_bytes, signatures, components, plan.manifest.provenance.source_date_epoch)
+        try:
+            report = verify_bundle(tmp, trust, state_file=state_file)
+        except MkspawnError as e:
+            # The temp name means nothing to the user; the reference does.
+            e.message = e.message.replace(str(tmp), where)
+            raise
+    log.info("pull: %s: %s verified, written to %s", where, artifact.digest, out)
+    blobs = tuple(BlobReport(desc, "fetched") for desc in artifact.blobs)
+    return PullResult(where, artifact.digest, out, _renamed(report, out), blobs)
+
+
+def _component_chunks(store: Store, layer: Descriptor, where: str) -> Iterator[bytes]:
+    return checked_blob(store.iter_blob(layer), layer, where)
+
+
+def _renamed(report: BundleReport, path: Path) -> BundleReport:
+    return dataclasses.replace(report, path=path, size=os.path.getsize(path))

@@ -1,0 +1,234 @@
+"""Real registries for the push/pull tests: Debian's docker-registry (distribution 2.8)
+on 127.0.0.1 at a free port, one over TLS from a test CA with htpasswd (bcrypt) auth,
+one over plain HTTP without auth; and small signed bundles that share a kernel."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import gzip
+import ipaddress
+import json
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from mkimage.bundle.build import build_bundle
+from mkimage.recipe.load import load_recipe
+from mkimage.signing.keys import PassphraseSource, load_private_key
+from tests.conftest import SYNTH_RELEASE, missing
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = REPO / "tests" / "data" / "keys"
+EPOCH = 1_700_000_000
+USER = "ci-bot"
+PASSWORD = "s3cret-Pa55word-not-in-logs"
+READY_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class Registry:
+    host: str  # 127.0.0.1:PORT
+    root: Path  # storage root: docker/registry/v2/...
+    ca_cert: Path | None
+    log: Path
+
+    def blob_data(self, digest: str) -> Path:
+        hex_digest = digest.split(":", 1)[1]
+        return self.root / "docker" / "registry" / "v2" / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for 127.0.0.1 / localhost signed by it."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mkspawn test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca_path, cert_path, key_path
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, verify: str | bool) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"docker-registry exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            requests.get(url, timeout=2, verify=verify)
+            return
+        except requests.exceptions.ConnectionError:
+            time.sleep(0.1)  # polling a port that is not open yet; there is no console marker to wait for
+    pytest.fail(f"docker-registry did not answer {url} within {READY_TIMEOUT_S}s: {log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def running_registry(directory: Path, *, tls: bool, htpasswd: Path | None = None) -> Iterator[Registry]:
+    """docker-registry with our own config file (Debian's packaged service is not used)."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        missing("docker-registry is not installed (Debian package docker-registry)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    root = directory / "storage"
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(root)}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}"},
+    }
+    ca = None
+    if tls:
+        ca, cert, key = _write_ca(directory)
+        config["http"] = {"addr": f"127.0.0.1:{port}", "tls": {"certificate": str(cert), "key": str(key)}}
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "mkspawn-test", "path": str(htpasswd)}}
+    config_path = directory / "config.yml"
+    config_path.write_text(json.dumps(config))  # YAML is a superset of JSON
+    log = directory / "registry.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen([binary, "serve", str(config_path)], stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    try:
+        scheme = "https" if tls else "http"
+        _wait_ready(f"{scheme}://127.0.0.1:{port}/v2/", proc, log, str(ca) if ca else False)
+        yield Registry(f"127.0.0.1:{port}", root, ca, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def write_htpasswd(path: Path, user: str, password: str) -> Path:
+    tool = shutil.which("htpasswd")
+    if tool is None:
+        missing("htpasswd is not installed (Debian package apache2-utils)")
+    # -i: the password on stdin, never in argv; -B: bcrypt, the only hash distribution accepts.
+    subprocess.run([tool, "-B", "-i", "-c", str(path), user], input=password.encode(), check=True,
+                   capture_output=True, timeout=60)
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("plain-registry"), tls=False) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    directory = tmp_path_factory.mktemp("tls-registry")
+    htpasswd = write_htpasswd(directory / "htpasswd", USER, PASSWORD)
+    with running_registry(directory, tls=True, htpasswd=htpasswd) as registry:
+        yield registry
+
+
+def docker_config(directory: Path, host: str, user: str, password: str) -> Path:
+    """A docker-style credentials file holding ``user:password`` for ``host``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path = directory / "config.json"
+    path.write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return path
+
+
+# --- bundles ---------------------------------------------------------------------------
+
+
+def make_bundle(directory: Path, kernel: Path, *, cmdline: str = "console=ttyS0 panic=-1", version: str = "1.0.0",
+                key: str = "test-ed25519.pem", name: str = "demo") -> Path:
+    """A bundle built by the real builder from a prebuilt kernel, signed by a test key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    initrd = directory / "initrd.cpio"
+    initrd.write_bytes(b"070701" + b"0" * 104)
+    recipe = directory / "spawn.toml"
+    recipe.write_text(f"""
+[metadata]
+name = "{name}"
+version = "{version}"
+source_date_epoch = {EPOCH}
+[kernel]
+image = "{kernel}"
+cmdline = "{cmdline}"
+[initramfs]
+image = "{initrd}"
+""")
+    signer = load_private_key(KEYS / key, PassphraseSource(None, "UNSET"), {})
+    out = directory / f"{name}-{version}.mkb"
+    build_bundle(load_recipe(recipe), out, [signer])
+    return out
+
+
+@pytest.fixture(scope="session")
+def big_kernel(tmp_path_factory: pytest.TempPathFactory, make_bzimage: Callable[..., bytes]) -> Path:
+    """A 3 MiB bzImage (incompressible payload), so "no kernel bytes uploaded" means something
+    and uploads take more than one chunk when the chunk size is 1 MiB."""
+    text = b"Linux version " + SYNTH_RELEASE.encode() + b" " + random.Random(11).randbytes(3 << 20)
+    payload = gzip.compress(text, compresslevel=1, mtime=0)
+    path = tmp_path_factory.mktemp("kernel") / "bzImage"
+    path.write_bytes(make_bzimage(payload))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory, big_kernel: Path) -> dict[str, Path]:
+    """Signed bundles: two sharing the kernel, an older version, one by an untrusted key."""
+    base = tmp_path_factory.mktemp("bundles")
+    return {
+        "demo": make_bundle(base / "demo", big_kernel),
+        "sibling": make_bundle(base / "sibling", big_kernel, cmdline="console=ttyS0 panic=-1 quiet"),
+        "old": make_bundle(base / "old", big_kernel, version="0.9.0"),
+        "untrusted": make_bundle(base / "untrusted", big_kernel, key="other-ed25519.pem"),
+    }
+
+
+@pytest.fixture
+def trust(tmp_path: Path) -> Path:
+    """A fresh trust store holding the test key only: the "other machine"."""
+    d = tmp_path / "trust"
+    d.mkdir()
+    shutil.copy(KEYS / "test-ed25519.pub.pem", d)
+    return d
