@@ -204,28 +204,29 @@ def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[by
             raise _reject(where, f"signature layer titled {layer.title!r} holds a signature by {signature.keyid}",
                           "layer-mismatch")
 
-    paths = {c.path for c in manifest.components}
     rest = artifact.layers[len(signature_layers) :]
+    titles = [layer.title for layer in rest]
+    paths = [c.path for c in manifest.components]
+    for path in paths:
+        if path not in titles:
+            raise _reject(where, f"no layer for component {path!r} named in the config", "missing-layer")
+    for layer in rest:
+        if layer.title in paths:
+            continue
+        if layer.title is not None and layer.title.startswith(SIGNATURE_DIR):
+            raise _reject(where, f"layer {layer}: media type {layer.media_type!r} for a signature, expected "
+                          f"{SIGNATURE_MEDIA_TYPE}", "layer-mismatch")
+        raise _reject(where, f"layer {layer} is not a component of the config", "extra-layer")
+    if titles != paths:
+        raise _reject(where, f"component layers are {titles}, expected {paths} (the config's order, once each)",
+                      "layer-mismatch")
     pairs: list[tuple[Component, Descriptor]] = []
-    for index, component in enumerate(manifest.components):
-        if index >= len(rest):
-            raise _reject(where, f"no layer for component {component.path!r} named in the config", "missing-layer")
-        layer = rest[index]
-        if layer.title != component.path:
-            if layer.title in paths:
-                raise _reject(where, f"layer {layer} is out of order; expected {component.path!r}", "layer-mismatch")
-            if layer.title is not None and layer.title.startswith(SIGNATURE_DIR):
-                raise _reject(where, f"layer {layer}: media type {layer.media_type!r} for a signature, expected "
-                              f"{SIGNATURE_MEDIA_TYPE}", "layer-mismatch")
-            raise _reject(where, f"layer {layer} is not a component of the config", "extra-layer")
-        expected = Descriptor(component.media_type, f"sha256:{component.sha256}", component.size, component.path)
-        for field, observed, wanted in (("media type", layer.media_type, expected.media_type),
-                                        ("digest", layer.digest, expected.digest),
-                                        ("size", layer.size, expected.size)):
+    for component, layer in zip(manifest.components, rest, strict=True):
+        for field, observed, wanted in (("media type", layer.media_type, component.media_type),
+                                        ("digest", layer.digest, f"sha256:{component.sha256}"),
+                                        ("size", layer.size, component.size)):
             if observed != wanted:
                 raise _reject(where, f"layer {component.path!r} {field}: observed {observed!r}, "
                               f"expected {wanted!r} from the config", "layer-mismatch")
         pairs.append((component, layer))
-    if len(rest) > len(pairs):
-        raise _reject(where, f"layer {rest[len(pairs)]} is not a component of the config", "extra-layer")
     return BundlePlan(config_bytes, manifest, signature_layers, tuple(pairs))
