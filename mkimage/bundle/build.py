@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -163,6 +164,7 @@ def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path)
         files = _compiled_kernel(recipe, plan, cache_root)
     else:
         files = _prebuilt_kernel(recipe, plan)
+    _check_contract(recipe, files)
     image = _authenticode(recipe, files.image, work_dir)
     arch = recipe.metadata.arch
     plan.files.append(Artifact(Role.KERNEL, _kernel_name(arch), image, KERNEL_MEDIA[arch]))
@@ -179,16 +181,35 @@ def _kernel_name(arch: Arch) -> str:
     return "bzImage" if arch is Arch.X86_64 else "Image"
 
 
-def _input_name(path: Path, recipe: Recipe) -> str:
-    """Recipe-relative where possible, so building from another checkout gives the same bytes."""
+# mkspawn's own files (the default init script) live beside the package, in the checkout
+# or installation it runs from.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# Host files under these stay absolute: they name the same thing on every Debian host
+# (a packed /bin/busybox); anything else is somebody's checkout, home or temp directory.
+SYSTEM_DIRS = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"))
+
+
+def _input_name(path: Path, recipe: Recipe, work_dir: Path, cache_root: Path) -> str:
+    """A provenance name for a host file that is the same on every host building the
+    recipe: no checkout, home, cache or temp path reaches the bundle.
+
+    Recipe files are named relative to the recipe, mkspawn's own files ``mkspawn:<path>``,
+    files this build made ``build:<path>``, cache files ``cache:<path>``; system files
+    keep their absolute path, and any other file is named relative to the recipe.
+    """
     assert recipe.path is not None
-    try:
-        return str(path.relative_to(recipe.path.parent))
-    except ValueError:
-        return str(path)
+    recipe_dir = recipe.path.parent.resolve()
+    real = path.resolve()
+    for prefix, root in (("", recipe_dir), ("mkspawn:", PACKAGE_ROOT), ("build:", work_dir.resolve()),
+                         ("cache:", cache_root.resolve())):
+        if real.is_relative_to(root):
+            return prefix + real.relative_to(root).as_posix()
+    if any(path.is_relative_to(d) for d in SYSTEM_DIRS):
+        return path.as_posix()
+    return Path(os.path.relpath(real, recipe_dir)).as_posix()
 
 
-def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
+def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path) -> None:
     epoch = recipe.metadata.source_date_epoch
     assert epoch is not None
     result = build_initramfs(recipe.initramfs, work_dir / "initrd", source_date_epoch=epoch,
@@ -196,14 +217,14 @@ def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
                              modules_dir=plan.modules_dir, arch=recipe.metadata.arch)
     plan.files.append(Artifact(Role.INITRD, "initrd", result.path, result.media_type))
     plan.tools.update(result.tools)
-    plan.inputs.extend(Input(InputKind.FILE, _input_name(Path(name), recipe), digest)
+    plan.inputs.extend(Input(InputKind.FILE, _input_name(Path(name), recipe, work_dir, cache_root), digest)
                        for name, digest in result.inputs)
 
 
-def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
+def _stage_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path) -> None:
     image = recipe.initramfs.image
     if image is None:
-        _build_initrd(recipe, plan, work_dir)
+        _build_initrd(recipe, plan, work_dir, cache_root)
         return
     if plan.early_files:
         raise InputError("[acpi] tables: ACPI tables go into the initrd's early segment, which mkspawn "
@@ -238,24 +259,29 @@ def _stage_handover(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     plan.files.extend(build_handover(recipe, work_dir, digests))
 
 
-def _check_contract(recipe: Recipe, plan: _Plan) -> None:
-    """Refuse a kernel the target loader would reject, before anything is written."""
+def _check_contract(recipe: Recipe, files: _KernelFiles) -> None:
+    """Refuse any kernel the target loader would reject, before it is signed or packed.
+
+    Every kernel file goes through the full static contract, the same rules as
+    ``check --static``: the bzImage (or Image) the bundle carries and, when there is one,
+    the vmlinux a multikernel loader takes.  A prebuilt file or a cache entry cut short
+    or corrupted fails here rather than on the host.
+    """
     profile = recipe.instance.profile
-    by_role = {f.role: f.path for f in plan.files}
-    target = by_role[Role.KERNEL]
-    if profile is AbiProfile.MK2 or (profile is AbiProfile.MK_MASTER and Role.VMLINUX in by_role):
-        if Role.VMLINUX not in by_role:
-            raise InputError(f"[kernel] vmlinux: profile '{profile}' loads an ELF vmlinux; set kernel.vmlinux",
-                             code="missing-vmlinux")
-        target = by_role[Role.VMLINUX]
-    report = check_image(target, abi_profile=profile.value, arch=recipe.metadata.arch.value,
-                         cmdline=spawn_cmdline(recipe).encode())
-    if not report.ok:
-        first = report.failures[0]
-        raise BundleBuildError(
-            f"{target.name}: fails the {profile} loader contract: {first.name}: {first.detail}",
-            code="contract-failed",
-        )
+    if profile is AbiProfile.MK2 and files.vmlinux is None:
+        raise InputError(f"[kernel] vmlinux: profile '{profile}' loads an ELF vmlinux; set kernel.vmlinux",
+                         code="missing-vmlinux")
+    cmdline = spawn_cmdline(recipe).encode()
+    for target in (files.image, files.vmlinux):
+        if target is None:
+            continue
+        report = check_image(target, abi_profile=profile.value, arch=recipe.metadata.arch.value, cmdline=cmdline)
+        if not report.ok:
+            first = report.failures[0]
+            raise BundleBuildError(
+                f"{target.name}: fails the {profile} loader contract: {first.name}: {first.detail}",
+                code="contract-failed",
+            )
 
 
 def _release(kernel: Path) -> str:
@@ -279,9 +305,8 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
     plan.inputs.append(_recipe_input(recipe))
     kernel = _stage_kernel(recipe, plan, work_dir, cache_root)
     _stage_hardware(recipe, plan, work_dir)
-    _stage_initrd(recipe, plan, work_dir)
+    _stage_initrd(recipe, plan, work_dir, cache_root)
     _stage_cmdline(recipe, plan, work_dir)
-    _check_contract(recipe, plan)
     _stage_handover(recipe, plan, work_dir)
     components = [
         Component(role=f.role, path=f.member, size=f.path.stat().st_size, sha256=plan.sha256(f.path),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,10 @@ from mkimage.bundle.manifest import Component, Manifest, Provenance, Role
 from mkimage.bundle.verify import verify_bundle
 from mkimage.errors import ExitCode, MkspawnError, VerifyError
 from mkimage.handover.binding import decode_handover
+from mkimage.kernel.elfnote import MK_NOTE_TYPE
 from mkimage.signing.keys import PassphraseSource, load_private_key
 from mkimage.signing.trust import load_trust_store
+from tests.conftest import BzImageFactory
 from tests.conftest import run_mkspawn as mkspawn
 
 KEYS = Path(__file__).resolve().parents[1] / "data" / "keys"
@@ -258,6 +262,44 @@ def test_failed_build_leaves_no_output(tmp_path: Path, synthetic_kernel: Path) -
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.mkb")] == []
 
 
+@pytest.mark.parametrize(
+    ("cut", "rule"),
+    [(lambda d: d[:-512], "not-truncated"), (lambda d: d[: 0x800 + 0x40 + 10], "not-truncated")],
+    ids=["last-sector", "inside-payload"],
+)
+def test_truncated_prebuilt_kernel_is_not_signed(tmp_path: Path, synthetic_kernel: Path,
+                                                 cut: Callable[[bytes], bytes], rule: str) -> None:
+    """The same static contract as `check --static` runs on the kernel before signing."""
+    recipe = write_recipe(tmp_path, synthetic_kernel)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(cut(kernel.read_bytes()))
+    static = mkspawn("check", "--static", kernel)
+    assert static.returncode != 0 and rule in static.stdout
+    out = tmp_path / "out.mkb"
+    line = one_error_line(mkspawn("build", recipe, "-o", out, "--key", KEYS / "test-ed25519.pem"),
+                          ExitCode.STAGE_FAILED)
+    assert line.startswith("mkspawn: error: bzImage: fails the none loader contract: ")
+    assert f": {rule}: " in line and line.endswith("[contract-failed]")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.mkb")] == []
+
+
+def test_corrupt_payload_in_a_prebuilt_kernel_is_not_signed(tmp_path: Path, synthetic_kernel: Path) -> None:
+    recipe = write_recipe(tmp_path, synthetic_kernel)
+    kernel = tmp_path / "bzImage"
+    data = bytearray(kernel.read_bytes())
+    data[0x800 + 0x40 + 12] ^= 0xFF  # inside the gzip stream (setup is 0x800 bytes, payload at +0x40)
+    kernel.write_bytes(bytes(data))
+    line = one_error_line(mkspawn("build", recipe, "-o", tmp_path / "out.mkb"), ExitCode.STAGE_FAILED)
+    assert ": payload: " in line and line.endswith("[contract-failed]")
+
+
+def mk_bzimage(make_bzimage: BzImageFactory, make_elf: Callable[..., bytes]) -> bytes:
+    """A bzImage whose payload is an x86_64 ELF carrying the multikernel note."""
+    vmlinux = make_elf([(b"Linux", MK_NOTE_TYPE, (0x1000).to_bytes(8, "little"))])
+    return make_bzimage(gzip.compress(vmlinux, mtime=0))
+
+
 def test_encrypted_key_needs_its_passphrase(tmp_path: Path, synthetic_kernel: Path, trust: Path) -> None:
     pass_file = tmp_path / "pass"
     pass_file.write_text("correct horse\n")
@@ -309,9 +351,14 @@ def test_initramfs_is_built_when_no_prebuilt_image(tmp_path: Path, synthetic_ker
     assert {"init", "bin/busybox", "dev/console", "etc/mkspawn/command"} <= names
 
 
-def test_hardware_parts_reach_the_bundle(tmp_path: Path, debian_kernel: Path) -> None:
+def test_hardware_parts_reach_the_bundle(tmp_path: Path, debian_kernel: Path, make_bzimage: BzImageFactory,
+                                        make_elf: Callable[..., bytes]) -> None:
     """mk-master spawn with CPUs, memory, a device and an ACPI table: trees, tables, handover."""
     config = debian_kernel.parent / debian_kernel.name.replace("vmlinuz-", "config-")
+    # A stock kernel has no multikernel note, which mk-master's loader needs.
+    (tmp_path / "bzImage").write_bytes(mk_bzimage(make_bzimage, make_elf))
+    stock = mkspawn("check", "--static", debian_kernel, "--profile", "mk-master")
+    assert stock.returncode != 0 and "FAIL  mk-note" in stock.stdout
     (tmp_path / "t.asl").write_text(
         'DefinitionBlock ("", "SSDT", 2, "MKSPWN", "BUNDLE01", 1)\n{\n    Name (MKSP, 1)\n}\n')
     recipe = tmp_path / "hw.toml"
@@ -321,7 +368,7 @@ name = "hw"
 version = "1.0"
 source_date_epoch = {EPOCH}
 [kernel]
-image = "{debian_kernel}"
+image = "bzImage"
 config = "{config}"
 cmdline = "console=ttyS0"
 [initramfs]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from mkimage.bundle.build import build_bundle
+from mkimage.bundle.build import SYSTEM_DIRS, build_bundle
 from mkimage.errors import InputError
 from mkimage.initramfs.build import build_initramfs
 from mkimage.initramfs.reader import read_initramfs
@@ -133,8 +133,12 @@ def test_bundle_initrd_carries_the_modules(tmp_path: Path, recipe: Recipe, modul
     assert result.manifest.kernel_release == modules_kernel.release
     provenance = result.manifest.provenance.tools
     assert provenance["depmod"].startswith("kmod") and provenance["kmod"].startswith("kmod")
-    assert not any(str(CACHE_ROOT) in i.name for i in result.manifest.provenance.inputs), \
+    # Compare paths, not strings: a checkout under ".../.cache/mkspawn-ci/" merely shares
+    # the cache root's text.  No host path other than a system file is recorded at all.
+    names = [Path(i.name) for i in result.manifest.provenance.inputs]
+    assert not any(n.is_relative_to(CACHE_ROOT) for n in names), \
         "module files are identified by the kernel's inputs, not by cache paths"
+    assert all(not n.is_absolute() or any(n.is_relative_to(d) for d in SYSTEM_DIRS) for n in names), names
 
 
 def test_stand_in_tree_installs_modules_and_drops_the_build_link(tmp_path: Path, make_calls: Path) -> None:
