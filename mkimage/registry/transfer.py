@@ -258,6 +258,7 @@ def pull_bundle(ref: Ref, store: Store, out: Path, trust: TrustStore, *, state_f
 
 
 def _component_chunks(store: Store, layer: Descriptor, where: str) -> Iterator[bytes]:
+    log.info("pull: %s: fetching", layer)
     return checked_blob(store.iter_blob(layer), layer, where)
 
 
