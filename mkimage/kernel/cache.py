@@ -8,7 +8,8 @@ Everything lives under a cache root the caller chooses (normally
     kernel/src/<digest>/tree           an extracted source, shared by every build of it
     kernel/patched/<digest>/tree       a hardlinked copy with a patch series applied
     kernel/build/<key>                 the O= directory of a build in progress
-    kernel/out/<key>/                  finished outputs plus entry.json
+    kernel/out/<key>/                  finished outputs plus entry.json (with every file's sha256,
+                                       re-checked on each hit: a damaged entry is rebuilt)
     kernel/memo/<sha256>               file digests and tool versions, keyed by stat
     ccache/                            CCACHE_DIR
     locks/*.lock                       flock files
