@@ -15,6 +15,7 @@ import click
 
 from mkimage.bundle.verify import verify_bundle
 from mkimage.commands.options import load_trust, state_option, trust_option
+from mkimage.commands.registry import client_options, load_registry_options, pulled_for_load
 from mkimage.errors import BootCheckError
 from mkimage.loader import kexec, multikernel
 from mkimage.loader.errnos import LoaderError, UnsupportedHost
@@ -35,10 +36,14 @@ from mkimage.recipe.model import AbiProfile
 @click.option("--exec", "do_exec", is_flag=True, help="kexec mode: jump into the spawn after loading (reboots).")
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True,
               help="Multikernel mode: how long to watch the spawn's console.")
+@load_registry_options
 def load(bundle: Path, trust_dir: Path | None, state_file: Path | None, mode: str, profile: str | None,
-         name: str | None, mk_id: int | None, do_exec: bool, timeout_s: float) -> None:
-    """Verify BUNDLE and load its spawn kernel on this host (exit 4 if the kernel refuses)."""
+         name: str | None, mk_id: int | None, do_exec: bool, timeout_s: float, insecure: bool,
+         insecure_registries: tuple[str, ...], ca_cert: Path | None, registry_timeout_s: float) -> None:
+    """Verify BUNDLE (a file, or a registry or oci: reference pulled into the cache) and
+    load its spawn kernel on this host (exit 4 if the kernel refuses)."""
     trust = load_trust(trust_dir)
+    bundle = pulled_for_load(bundle, trust, client_options(insecure, insecure_registries, ca_cert, registry_timeout_s))
     report = verify_bundle(bundle, trust, state_file=state_file)
     chosen = AbiProfile(profile) if profile else AbiProfile(str(report.manifest.abi_profile))
     if chosen is AbiProfile.NONE:

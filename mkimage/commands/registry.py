@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from mkimage.commands.options import F, echo_json, json_option, load_trust, state_option, trust_option
+from mkimage.context import default_cache_root
 from mkimage.errors import UsageError
 from mkimage.registry.client import ClientOptions
 from mkimage.registry.reference import Ref, parse_reference
@@ -17,16 +20,24 @@ from mkimage.signing.trust import TrustStore
 bundle_path = click.Path(path_type=Path, dir_okay=False)
 
 
-def registry_options(f: F) -> F:
-    f = click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=60.0, show_default=True,
-                     help="Seconds to wait for a connection or for the next bytes of a transfer.")(f)
-    f = click.option("--ca-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-                     help="Also trust this CA certificate (PEM) for the registry's TLS.")(f)
-    f = click.option("--insecure-registry", "insecure_registries", multiple=True, metavar="HOST",
-                     help="Allow --insecure for this non-loopback registry host (repeatable).")(f)
-    f = click.option("--insecure", is_flag=True, help="Plain HTTP (loopback registries only, unless named "
-                     "with --insecure-registry).")(f)
-    return f
+def _registry_options(timeout_flag: str, timeout_dest: str) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        f = click.option(timeout_flag, timeout_dest, type=click.FloatRange(min=1), default=60.0, show_default=True,
+                         help="Seconds to wait for a registry connection or for the next bytes of a transfer.")(f)
+        f = click.option("--ca-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                         help="Also trust this CA certificate (PEM) for the registry's TLS.")(f)
+        f = click.option("--insecure-registry", "insecure_registries", multiple=True, metavar="HOST",
+                         help="Allow --insecure for this non-loopback registry host (repeatable).")(f)
+        f = click.option("--insecure", is_flag=True, help="Plain HTTP (loopback registries only, unless named "
+                         "with --insecure-registry).")(f)
+        return f
+
+    return decorate
+
+
+registry_options = _registry_options("--timeout", "timeout_s")
+# `load` has its own --timeout (the spawn's console), so its registry one is spelled out.
+load_registry_options = _registry_options("--registry-timeout", "registry_timeout_s")
 
 
 def client_options(insecure: bool, insecure_registries: tuple[str, ...], ca_cert: Path | None,
@@ -89,3 +100,16 @@ def pull(reference: str, out: Path, trust_dir: Path | None, state_file: Path | N
 
 
 command = [push, pull]
+
+
+def pulled_for_load(argument: Path, trust: TrustStore, options: ClientOptions) -> Path:
+    """``load REF``: an argument that is no file but parses as a reference is pulled (and
+    verified) into the cache first; anything else is left for ``load`` to open as a file."""
+    if argument.exists():
+        return argument
+    try:
+        ref = parse_reference(str(argument))
+    except UsageError:
+        return argument
+    name = hashlib.sha256(str(ref).encode()).hexdigest()[:32]
+    return pull_to(ref, default_cache_root() / "pulled" / f"{name}.mkb", trust, None, options).path

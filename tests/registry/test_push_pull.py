@@ -140,3 +140,21 @@ def test_bad_references_are_usage_errors(tmp_path: Path, trust: Path, bundles: d
     digest = "sha256:" + "0" * 64
     line = one_error_line(mkspawn("push", bundles["demo"], f"localhost:5000/x@{digest}"), 2)
     assert line.endswith("[bad-reference]")
+
+
+def test_load_takes_a_reference(tmp_path: Path, plain_registry: Registry, bundles: dict[str, Path],
+                                trust: Path) -> None:
+    """load REF pulls into the cache and verifies before anything reaches the loader
+    (an untrusted bundle is refused, so this never stages a kernel on the test machine)."""
+    ref = f"{plain_registry.host}/load/demo:untrusted"
+    push(bundles["untrusted"], ref, "--insecure")
+    cache = tmp_path / "cache"
+    line = one_error_line(mkspawn("load", ref, "--trust", trust, "--insecure",
+                                  env={"XDG_CACHE_HOME": str(cache)}), 3)
+    assert ref in line and line.endswith("[untrusted-key]")
+    assert not list((cache / "mkspawn" / "pulled").glob("*.mkb"))
+    line = one_error_line(mkspawn("load", f"{plain_registry.host}/load/demo:nothing", "--trust", trust,
+                                  "--insecure", env={"XDG_CACHE_HOME": str(cache)}), 2)
+    assert line.endswith("[unknown-reference]")
+    line = one_error_line(mkspawn("load", tmp_path / "missing.mkb", "--trust", trust), 2)
+    assert line.endswith("[no-such-file]")
