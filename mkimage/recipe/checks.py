@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mkimage.errors import shown_path
 from mkimage.recipe.settings import matches
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -17,15 +18,15 @@ NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 VERSION_RE = r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
 
 
-def shown_path(path: Path) -> str:
-    return os.path.relpath(path)
-
-
 def existing_file(value: object) -> str | None:
     if value is None:
         return None
     assert isinstance(value, Path)
-    return None if value.is_file() else f"no such file: {shown_path(value)}"
+    if value.is_file():
+        return None
+    if value.is_dir():
+        return f"expected a file, got a directory: {shown_path(value)}"
+    return f"no such file: {shown_path(value)}"
 
 
 SHA256_RE = r"[0-9a-f]{64}"
@@ -63,6 +64,10 @@ def kconfig_options(value: object) -> str | None:
 MICROCODE_NAMES = ("GenuineIntel.bin", "AuthenticAMD.bin")
 
 
+# include/uapi/linux/limits.h: the kernel's unpacker takes names (with their NUL) up to this.
+PATH_MAX = 4096
+
+
 def archive_path(value: object, *, root_ok: bool = False) -> str | None:
     """A path inside the initramfs: a leading '/' is dropped (as gen_init_cpio does);
     '.', '..' and empty components are refused so nothing lands outside the root."""
@@ -72,6 +77,8 @@ def archive_path(value: object, *, root_ok: bool = False) -> str | None:
         return None if root_ok else f"expected a path inside the initramfs, got {text!r}"
     if any(part in ("", ".", "..") for part in inner.split("/")):
         return f"expected a normalised path without '.', '..' or '//' components, got {text!r}"
+    if len(os.fsencode(inner)) + 1 > PATH_MAX:
+        return f"a path inside the initramfs is at most {PATH_MAX - 1} bytes, got {len(os.fsencode(inner))}"
     return None
 
 
@@ -82,9 +89,18 @@ def mode_bits(value: object) -> str | None:
     return None if 0 <= value <= 0o7777 else f"expected permission bits 0o0..0o7777, got {value:#o}"
 
 
+# include/linux/kdev_t.h: MINORBITS is 20 and dev_t 32 bits, so majors have 12 bits.
+MAJOR_MAX = (1 << 12) - 1
+MINOR_MAX = (1 << 20) - 1
+
+
 def existing_dir(value: object) -> str | None:
     assert isinstance(value, Path)
-    return None if value.is_dir() else f"no such directory: {shown_path(value)}"
+    if value.is_dir():
+        return None
+    if value.exists():
+        return f"expected a directory, got a file: {shown_path(value)}"
+    return f"no such directory: {shown_path(value)}"
 
 
 def existing_files(values: object) -> str | None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
 from mkimage.recipe.model import SECTIONS, Recipe
-from mkimage.recipe.settings import SettingRow, iter_rows, section_fields, type_name
+from mkimage.recipe.settings import SettingRow, field_setting, iter_rows, optional_inner, section_fields
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
 
@@ -76,6 +77,8 @@ def _default_text(row: SettingRow) -> str:
         return f'`"{value}"`'
     if isinstance(value, (list, dict)) and not value:
         return "`[]`" if isinstance(value, list) else "`{}`"
+    if row.setting.octal:
+        return f"`{value:#o}`"
     return f"`{value}`"
 
 
@@ -94,11 +97,26 @@ def render_markdown() -> str:
             continue
         parts.append("| key | type | default | description |\n|---|---|---|---|\n")
         for row in rows:
-            help_text = row.setting.help + (f" Example: `{row.setting.example}`." if row.setting.example else "")
-            parts.append(
-                f"| `{row.key}` | {_cell(type_name(row.type))} | {_default_text(row)} | {_cell(help_text)} |\n"
-            )
+            parts.append(_row_line(row))
+            parts.extend(_row_line(sub) for sub in _item_rows(row))
     return "".join(parts)
+
+
+def _row_line(row: SettingRow) -> str:
+    help_text = row.setting.help + (f" Example: `{row.setting.example}`." if row.setting.example else "")
+    return f"| `{row.key}` | {_cell(row.type_text)} | {_default_text(row)} | {_cell(help_text)} |\n"
+
+
+def _item_rows(row: SettingRow) -> list[SettingRow]:
+    """The keys of a setting's own tables: `files[].mode`, `devices.<name>.pci`, `source.url`."""
+    tp, key = optional_inner(row.type) or row.type, row.key
+    if typing.get_origin(tp) is list:
+        tp, key = typing.get_args(tp)[0], f"{key}[]"
+    elif typing.get_origin(tp) is dict:
+        tp, key = typing.get_args(tp)[1], f"{key}.<name>"
+    if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+        return []
+    return [sub for item in iter_rows(tp, f"{key}.") for sub in (item, *_item_rows(item))]
 
 
 def schema() -> dict[str, Any]:
@@ -106,7 +124,7 @@ def schema() -> dict[str, Any]:
     for name, tp in ((f.name, t) for f, t in section_fields(Recipe) if f.name in SECTIONS):
         for row in iter_rows(tp, f"{name}."):
             out[row.key] = {
-                "type": type_name(row.type),
+                "type": row.type_text,
                 "required": row.required,
                 "default": None if row.required else _plain_default(row.default),
                 "help": row.setting.help,
@@ -122,18 +140,41 @@ def _plain_default(value: Any) -> Any:
     return value
 
 
-def _toml_value(value: Any) -> str:
+def _octal_keys(tp: Any, seen: set[type] | None = None) -> set[str]:
+    """Names of the octal settings anywhere in the model (inside list items too)."""
+    seen = set() if seen is None else seen
+    inner = optional_inner(tp)
+    if inner is not None:
+        return _octal_keys(inner, seen)
+    if typing.get_origin(tp) in (list, dict):
+        return _octal_keys(typing.get_args(tp)[-1], seen)
+    if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)) or tp in seen:
+        return set()
+    seen.add(tp)
+    keys = set()
+    for f, sub in section_fields(tp):
+        if f.metadata.get("setting") is not None and field_setting(f).octal:
+            keys.add(f.name)
+        keys |= _octal_keys(sub, seen)
+    return keys
+
+
+# `recipe show` writes these in octal so that its output loads back (a decimal 420 would not).
+OCTAL_KEYS = frozenset(_octal_keys(Recipe))
+
+
+def _toml_value(value: Any, key: str = "") -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return str(value)
+        return f"{value:#o}" if key in OCTAL_KEYS else str(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
         # TOML has no null: an unset optional key is simply absent.
-        items = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        items = [f"{json.dumps(k)} = {_toml_value(v, k)}" for k, v in value.items() if v is not None]
         return "{ " + ", ".join(items) + " }"
     raise TypeError(f"cannot render {type(value).__name__} as TOML")
 
@@ -145,7 +186,7 @@ def render_toml(data: dict[str, Any]) -> str:
         lines.append(f"[{section}]")
         for key, value in values.items():
             if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{key} = {_toml_value(value, key)}")
         lines.append("")
     return "\n".join(lines)
 

@@ -21,15 +21,18 @@ import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from mkimage.errors import Location, RecipeError
-from mkimage.recipe.locations import KeyPath, nearest, scan_locations
+from mkimage.errors import Location, RecipeError, shown_path
+from mkimage.recipe.locations import KeyLocations, KeyPath, nearest, scan_locations
 from mkimage.recipe.model import SECTIONS, KeyRef, Recipe
 from mkimage.recipe.settings import (
+    INTERNAL,
     field_setting,
     is_section,
     optional_inner,
+    run_table_check,
     section_fields,
     type_name,
 )
@@ -40,6 +43,7 @@ DEFAULT_SOURCE_DATE_EPOCH = 0
 log = logging.getLogger("mkspawn")
 
 Locs = dict[KeyPath, Location]
+Sources = dict[Path, list[str]]  # each recipe file's lines, for checks that need the literal text
 
 
 def is_uri(value: str) -> bool:
@@ -48,13 +52,21 @@ def is_uri(value: str) -> bool:
 
 # ---- reading and merging --------------------------------------------------------------
 
-def _read_file(path: Path) -> tuple[dict[str, Any], Locs]:
+def _read_file(path: Path, sources: Sources) -> tuple[dict[str, Any], Locs]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise RecipeError(Location(path), None, "no such recipe file", code="no-such-file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(Location(path), None, f"cannot read recipe: {e}", code="unreadable") from None
+    except OSError as e:
+        raise RecipeError(Location(path), None, f"cannot read recipe: {e.strerror or e}", code="unreadable") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        raise RecipeError(Location(path, raw.count(b"\n", 0, e.start) + 1), None,
+                          f"invalid TOML: byte {raw[e.start]:#04x} in column {e.start - line_start + 1} is not "
+                          "UTF-8", code="toml-syntax") from None
+    sources[path] = text.splitlines()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -81,9 +93,9 @@ def _merge(base: dict[str, Any], base_locs: Locs, top: dict[str, Any], top_locs:
         base_locs.update({p: loc for p, loc in top_locs.items() if p[: len(path)] == path})
 
 
-def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locs]:
+def _load_tree(path: Path, sources: Sources, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locs]:
     path = Path(os.path.abspath(path))
-    data, locs = _read_file(path)
+    data, locs = _read_file(path, sources)
     extends = data.pop(EXTENDS_KEY, None)
     if extends is None:
         return data, locs
@@ -92,12 +104,12 @@ def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any]
         raise RecipeError(loc, EXTENDS_KEY, f"expected a relative path string, got {extends!r}", code="bad-type")
     base_path = Path(os.path.abspath(path.parent / extends))
     if base_path in chain or base_path == path:
-        raise RecipeError(loc, EXTENDS_KEY, f"extends cycle through {os.path.relpath(base_path)}", code="extends-cycle")
+        raise RecipeError(loc, EXTENDS_KEY, f"extends cycle through {shown_path(base_path)}", code="extends-cycle")
     if len(chain) >= MAX_EXTENDS_DEPTH:
         raise RecipeError(loc, EXTENDS_KEY, "extends chain too deep", code="extends-cycle")
     if not base_path.is_file():
-        raise RecipeError(loc, EXTENDS_KEY, f"no such file: {os.path.relpath(base_path)}", code="no-such-file")
-    base, base_locs = _load_tree(base_path, (*chain, path))
+        raise RecipeError(loc, EXTENDS_KEY, f"no such file: {shown_path(base_path)}", code="no-such-file")
+    base, base_locs = _load_tree(base_path, sources, (*chain, path))
     top_locs = {p: loc for p, loc in locs.items() if p and p[0] != EXTENDS_KEY}
     _merge(base, base_locs, data, top_locs)
     base_locs[()] = Location(path)
@@ -138,16 +150,13 @@ def _apply_override(data: dict[str, Any], locs: Locs, text: str) -> None:
 # ---- conversion to the typed model -------------------------------------------------
 
 class _Converter:
-    def __init__(self, locs: Locs, cwd: Path) -> None:
-        self.locs = locs
+    def __init__(self, locs: Locs, sources: Sources, cwd: Path) -> None:
+        self.where = KeyLocations(MappingProxyType(locs))
+        self.sources = sources
         self.cwd = cwd
 
     def loc(self, path: KeyPath) -> Location:
-        for n in range(len(path), -1, -1):
-            found = self.locs.get(path[:n])
-            if found is not None:
-                return found
-        return Location(None)
+        return self.where.of(path)
 
     def fail(self, path: KeyPath, message: str, code: str) -> RecipeError:
         return RecipeError(self.loc(path), _dotted(path), message, code=code)
@@ -166,7 +175,10 @@ class _Converter:
         kwargs: dict[str, Any] = {}
         for name, (f, tp) in fields.items():
             sub = (*path, name)
-            if name in value:
+            setting = None if is_section(tp) or cls is Recipe else field_setting(f)
+            if name in value and setting is not None and setting.octal:
+                converted = self.octal(value[name], sub)
+            elif name in value:
                 converted = self.value(tp, value[name], sub)
             elif is_section(tp):
                 converted = self.table(tp, {}, sub)
@@ -174,12 +186,43 @@ class _Converter:
                 raise self.fail(path, f"missing required key '{name}'", "missing-key")
             else:
                 continue
-            check = None if is_section(tp) or cls is Recipe else field_setting(f).check
-            message = check(converted) if check else None
+            message = setting.check(converted) if setting is not None and setting.check else None
             if message:
                 raise self.fail(sub, message, "bad-value")
             kwargs[name] = converted
-        return cls(**kwargs)
+        table = cls(**kwargs)
+        problem = run_table_check(table)
+        if problem:
+            key, message = problem
+            raise self.fail((*path, key) if key else path, message, "bad-value")
+        return table
+
+    def octal(self, value: Any, path: KeyPath) -> int:
+        """Permission bits: an int written in octal (or hex, or 0..7), or a string of octal
+        digits.  TOML keeps no radix, so the literal is looked up in the recipe text."""
+        if isinstance(value, str):
+            if not re.fullmatch(r"(0o)?[0-7]{1,5}", value):
+                raise self.fail(path, f"expected octal permission bits such as \"0755\", got {value!r}", "bad-value")
+            return int(value.removeprefix("0o"), 8)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(path, f"expected permission bits such as 0o755, got {_show(value)}", "bad-type")
+        if value >= 8 and self._written_in_decimal(path, value):
+            digits = str(value)
+            like = f'0o{digits} or "0{digits}"' if set(digits) <= set("01234567") else 'such as 0o755 or "0755"'
+            raise self.fail(path, f"{value} is a decimal integer ({value:#o}); write permission bits in octal, "
+                            f"{like}", "bad-value")
+        return value
+
+    def _written_in_decimal(self, path: KeyPath, value: int) -> bool:
+        loc = self.loc(path)
+        if loc.origin is not None:
+            text = loc.origin
+        elif loc.file is not None and loc.line is not None:
+            text = self.sources.get(loc.file, [])[loc.line - 1]
+        else:
+            return False
+        literal = rf"(?<![\w-]){re.escape(str(path[-1]))}\s*=\s*\+?([0-9][0-9_]*)(?![\w.])"
+        return any(int(m.group(1).replace("_", "")) == value for m in re.finditer(literal, _blank_strings(text)))
 
     def value(self, tp: Any, value: Any, path: KeyPath) -> Any:
         inner = optional_inner(tp)
@@ -227,6 +270,10 @@ class _Converter:
         return value
 
 
+def _blank_strings(text: str) -> str:
+    return re.sub(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'', '""', text)
+
+
 def _article(name: str) -> str:
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
@@ -262,14 +309,20 @@ def load_recipe(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    need_kernel: bool = True,
 ) -> Recipe:
-    """Load, merge, override and validate a recipe; raise RecipeError on any problem."""
+    """Load, merge, override and validate a recipe; raise RecipeError on any problem.
+
+    ``need_kernel=False`` is for verbs that build no kernel (`mkspawn initramfs`): the
+    recipe may then leave [kernel] out.
+    """
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
-    data, locs = _load_tree(Path(path))
+    sources: Sources = {}
+    data, locs = _load_tree(Path(path), sources)
     for text in overrides:
         _apply_override(data, locs, text)
-    conv = _Converter(locs, cwd)
+    conv = _Converter(locs, sources, cwd)
     for key in data:
         if key not in SECTIONS:
             raise conv.fail((key,), _unknown_key_message(key, [*SECTIONS, EXTENDS_KEY]), "unknown-key")
@@ -277,8 +330,9 @@ def load_recipe(
         raise conv.fail((), "missing required table [metadata]", "missing-key")
     recipe: Recipe = conv.table(Recipe, {**data}, ())
     recipe = _with_epoch(recipe, env, conv)
-    _validate(recipe, conv)
-    return dataclasses.replace(recipe, path=Path(os.path.abspath(path)))
+    _validate(recipe, conv, need_kernel)
+    initramfs = dataclasses.replace(recipe.initramfs, locations=conv.where)
+    return dataclasses.replace(recipe, initramfs=initramfs, path=Path(os.path.abspath(path)))
 
 
 def _with_epoch(recipe: Recipe, env: Mapping[str, str], conv: _Converter) -> Recipe:
@@ -310,10 +364,10 @@ def _validate_initramfs(recipe: Recipe, conv: _Converter) -> None:
                             "initrd; use one or the other", "conflicting-keys")
 
 
-def _validate(recipe: Recipe, conv: _Converter) -> None:
+def _validate(recipe: Recipe, conv: _Converter, need_kernel: bool) -> None:
     """Rules that span several keys."""
     _validate_initramfs(recipe, conv)
-    if recipe.kernel.image is None and recipe.kernel.source is None:
+    if need_kernel and recipe.kernel.image is None and recipe.kernel.source is None:
         raise conv.fail(("kernel",), "set 'image' to a prebuilt kernel image or 'source' to build one",
                         "missing-key")
     if recipe.kernel.image is not None and recipe.kernel.source is not None:
@@ -327,7 +381,7 @@ def _validate(recipe: Recipe, conv: _Converter) -> None:
         raise conv.fail(("bundle", "key"), f"key URIs ({key.split(':', 1)[0]}:) are not supported yet; "
                         "give a PEM file", "unsupported")
     if key is not None and not Path(key).is_file():
-        raise conv.fail(("bundle", "key"), f"no such file: {os.path.relpath(key)}", "bad-value")
+        raise conv.fail(("bundle", "key"), f"no such file: {shown_path(Path(key))}", "bad-value")
     if len(recipe.kernel.cmdline.encode()) + 1 > 2048:
         raise conv.fail(("kernel", "cmdline"), "longer than the x86 limit of 2047 bytes", "bad-value")
     _validate_instance(recipe, conv)
@@ -357,6 +411,8 @@ def _validate_instance(recipe: Recipe, conv: _Converter) -> None:
     _validate_devices(recipe, conv)
     if inst.profile.value == "v2":
         _validate_v2(recipe, conv)
+    elif inst.profile.value != "none":
+        _validate_kernel_placed(recipe, conv)
     _validate_pool(recipe, conv)
     _warn_smt_split(recipe, conv)
     cmdline = " ".join(filter(None, (recipe.kernel.cmdline, inst.cmdline)))
@@ -395,6 +451,27 @@ def _validate_devices(recipe: Recipe, conv: _Converter) -> None:
             if bdf in addresses:
                 raise conv.fail(key, f"PCI address {bdf} is also given to {addresses[bdf]}", "bad-value")
             addresses[bdf] = name
+
+
+def _validate_kernel_placed(recipe: Recipe, conv: _Converter) -> None:
+    """mk2 and later (multikernel-abi.md §14, docs/multikernel-conformance.md): the kernel
+    chooses every address and reads aliases for PCI devices only, so a recipe that asks
+    otherwise is refused rather than silently ignored."""
+    inst, profile = recipe.instance, recipe.instance.profile
+    if inst.memory_base is not None:
+        raise conv.fail(("instance", "memory_base"), f"profile {profile} cannot honour a fixed base: the kernel "
+                        "takes instance memory from the pool allocator and never reads memory-base "
+                        "(kernel/multikernel/dts.c mk_dt_parse_resources)", "unsupported")
+    for index, chunk in enumerate(recipe.devicetree.pool_memory):
+        if chunk.base is not None:
+            raise conv.fail(("devicetree", "pool_memory", index, "base"), f"profile {profile} cannot honour a "
+                            "fixed pool base: the baseline's memory@N takes only size and numa-node-id and the "
+                            "pool picks the address (kernel/multikernel/baseline.c mk_baseline_parse_memory)",
+                            "unsupported")
+    for name, dev in inst.devices.items():
+        if dev.alias is not None and dev.pci is None:
+            raise conv.fail(("instance", "devices", name, "alias"), f"profile {profile} reads aliases of PCI "
+                            "devices only (kernel/multikernel/dts.c mk_dt_add_pci_device)", "unsupported")
 
 
 def _validate_v2(recipe: Recipe, conv: _Converter) -> None:
@@ -481,7 +558,8 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not f.metadata.get(INTERNAL)}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

@@ -9,6 +9,11 @@ which still names the right line for inline tables.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mkimage.errors import InputError, Location, MkspawnError, RecipeError
 
 KeyPath = tuple[str | int, ...]
 
@@ -103,3 +108,45 @@ def nearest(locs: dict[KeyPath, int], path: KeyPath) -> int | None:
         if line is not None:
             return line
     return None
+
+
+_DOTTED_PART_RE = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_NOWHERE = Location(None)
+
+
+def parse_key(dotted: str) -> KeyPath | None:
+    """``initramfs.files[0].src`` → ("initramfs", "files", 0, "src"); None for text that
+    is not a key path (e.g. "initramfs (default init)")."""
+    if not re.fullmatch(r"[a-z_]+(\.[a-z0-9_]+|\[\d+\])*", dotted):
+        return None
+    return tuple(int(index) if index else name for name, index in _DOTTED_PART_RE.findall(dotted))
+
+
+def key_error(key: str, message: str, *, code: str, hint: str | None = None) -> MkspawnError:
+    """An error about the recipe key ``key`` met after loading (e.g. a host file the stage
+    reads).  Its file and line are filled in by ``KeyLocations.locate``; a ``key`` that
+    is only a description gives a plain InputError."""
+    if parse_key(key) is None:
+        return InputError(f"{key}: {message}", code=code, hint=hint)
+    return RecipeError(_NOWHERE, key, message, code=code, hint=hint)
+
+
+@dataclass(frozen=True)
+class KeyLocations:
+    """Where each key of a loaded recipe was set, so that stages can report file:line."""
+
+    by_key: Mapping[KeyPath, Location] = field(default_factory=lambda: MappingProxyType({}))
+
+    def of(self, path: KeyPath) -> Location:
+        for n in range(len(path), -1, -1):
+            found = self.by_key.get(path[:n])
+            if found is not None:
+                return found
+        return _NOWHERE
+
+    def locate(self, error: RecipeError) -> RecipeError:
+        """``error`` with its location filled in from its key, when it has none yet."""
+        path = parse_key(error.key) if error.key and error.loc == _NOWHERE else None
+        if path is None:
+            return error
+        return RecipeError(self.of(path), error.key, error.message, code=error.code, hint=error.hint)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mkimage.recipe import checks
-from mkimage.recipe.settings import in_range, matches, optional, setting
+from mkimage.recipe.locations import KeyLocations
+from mkimage.recipe.settings import in_range, internal, matches, optional, setting, table_check
 
 
 class Arch(enum.StrEnum):
@@ -31,6 +32,8 @@ class AbiProfile(enum.StrEnum):
 class KeyRef(str):
     """A signing key reference: a PEM path (resolved like other paths) or a URI such as
     ``pkcs11:token=a;object=b``, kept verbatim."""
+
+    __type_name__ = "path"  # URIs are refused until a URI scheme is supported
 
 
 def section(cls: type) -> type:
@@ -245,7 +248,9 @@ class FileItem:
     dst: str = field(metadata=setting("Path in the initramfs.", check=checks.archive_path, example='"/etc/motd"'))
     mode: int | None = field(
         default=None,
-        metadata=setting("Permission bits, e.g. 0o755. Unset: the source file's bits.", check=checks.mode_bits),
+        metadata=setting("Permission bits. Unset: the source file's bits. A decimal integer above 7 is refused: "
+                         "TOML reads `mode = 755` as decimal 755, which is 0o1363.", check=checks.mode_bits,
+                         octal=True),
     )
 
 
@@ -260,13 +265,35 @@ class TreeItem:
     )
 
 
+def _device_numbers(value: object) -> tuple[str, str] | None:
+    """Device nodes need both numbers (nothing defaults to 0:0); other nodes take none."""
+    assert isinstance(value, NodeItem)
+    given = [k for k in ("major", "minor") if getattr(value, k) is not None]
+    if value.type in (NodeType.CHAR, NodeType.BLOCK):
+        if len(given) < 2:
+            return "", f"a type \"{value.type}\" node needs both major and minor"
+    elif given:
+        return given[0], f"{given[0]} applies to c and b nodes only, not type \"{value.type}\""
+    return None
+
+
+@table_check(_device_numbers)
 @dataclass(frozen=True, slots=True)
 class NodeItem:
     path: str = field(metadata=setting("Path of the node in the initramfs.", check=checks.archive_path))
     type: NodeType = field(metadata=setting("c (char device), b (block device), p (FIFO) or s (socket)."))
-    major: int = field(default=0, metadata=setting("Device major number.", check=in_range(0, 0xFFFFFFFF)))
-    minor: int = field(default=0, metadata=setting("Device minor number.", check=in_range(0, 0xFFFFFFFF)))
-    mode: int = field(default=0o600, metadata=setting("Permission bits.", check=checks.mode_bits))
+    major: int | None = field(
+        default=None,
+        metadata=setting(f"Device major number, 0..{checks.MAJOR_MAX} (required for c and b nodes).",
+                         check=optional(in_range(0, checks.MAJOR_MAX))),
+    )
+    minor: int | None = field(
+        default=None,
+        metadata=setting(f"Device minor number, 0..{checks.MINOR_MAX} (required for c and b nodes).",
+                         check=optional(in_range(0, checks.MINOR_MAX))),
+    )
+    mode: int = field(default=0o600, metadata=setting("Permission bits (in octal, as for files).",
+                                                      check=checks.mode_bits, octal=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +362,9 @@ class InitramfsSpec:
         metadata=setting("CPU microcode (GenuineIntel.bin / AuthenticAMD.bin) for the early uncompressed "
                          "segment, placed at kernel/x86/microcode/<name>.", check=checks.microcode),
     )
+    # Filled by the loader: the stage reports problems it finds with host files at the
+    # recipe line that named them.
+    locations: KeyLocations = field(default_factory=KeyLocations, compare=False, repr=False, metadata=internal())
 
 
 @dataclass(frozen=True, slots=True)

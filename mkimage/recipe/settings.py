@@ -20,15 +20,30 @@ from typing import Any
 Check = Callable[[Any], str | None]  # returns an error message, or None when fine
 
 
+OCTAL_TYPE_NAME = 'permission bits (0o755 or "0755")'
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     help: str
     check: Check | None = None
     example: str | None = None
+    # An integer written in octal: TOML reads `mode = 755` as decimal 755 (0o1363), so the
+    # loader takes 0o755 or a string of octal digits and refuses a decimal literal above 7.
+    octal: bool = False
 
 
-def setting(help: str, *, check: Check | None = None, example: str | None = None) -> dict[str, Setting]:
-    return {"setting": Setting(help=help, check=check, example=example)}
+def setting(help: str, *, check: Check | None = None, example: str | None = None,
+            octal: bool = False) -> dict[str, Setting]:
+    return {"setting": Setting(help=help, check=check, example=example, octal=octal)}
+
+
+INTERNAL = "internal"
+
+
+def internal() -> dict[str, bool]:
+    """Metadata of a field the loader fills in (not a TOML key, not in the settings table)."""
+    return {INTERNAL: True}
 
 
 def field_setting(f: dataclasses.Field[Any]) -> Setting:
@@ -48,11 +63,39 @@ class SettingRow:
     setting: Setting
     required: bool
 
+    @property
+    def type_text(self) -> str:
+        """The type as docs/recipes.md and `recipe schema` spell it."""
+        if not self.setting.octal:
+            return type_name(self.type)
+        return OCTAL_TYPE_NAME + (" (optional)" if optional_inner(self.type) is not None else "")
+
 
 def section_fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Any]]:
+    """The settings of a table: every field but the internal ones."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        yield f, hints[f.name]
+        if not f.metadata.get(INTERNAL):
+            yield f, hints[f.name]
+
+
+TableCheck = Callable[[Any], tuple[str, str] | None]  # (key of the table, message), or None when fine
+
+
+def table_check(check: TableCheck) -> Callable[[type], type]:
+    """Attach a rule between keys of one table; the loader runs it on each converted table
+    and reports the key it returns (or the table itself for "")."""
+
+    def mark(cls: type) -> type:
+        cls.__table_check__ = staticmethod(check)  # type: ignore[attr-defined]
+        return cls
+
+    return mark
+
+
+def run_table_check(value: object) -> tuple[str, str] | None:
+    check: TableCheck | None = getattr(type(value), "__table_check__", None)
+    return None if check is None else check(value)
 
 
 def iter_rows(cls: type, prefix: str = "") -> Iterator[SettingRow]:
@@ -98,9 +141,15 @@ def type_name(tp: Any) -> str:
         return f"table of {type_name(val)}"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(f'"{m.value}"' for m in tp)
-    if dataclasses.is_dataclass(tp):
-        return "table {" + ", ".join(f.name for f in dataclasses.fields(tp)) + "}"
-    return {str: "string", int: "integer", bool: "boolean", Path: "path"}.get(tp, str(tp))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return "table {" + ", ".join(f.name for f, _ in section_fields(tp)) + "}"
+    named = getattr(tp, "__type_name__", None)  # scalar types of the model name themselves
+    if isinstance(named, str):
+        return named
+    builtin = {str: "string", int: "integer", bool: "boolean", Path: "path"}.get(tp)
+    if builtin is None:
+        raise TypeError(f"recipe type {tp!r} has no documented name (give it a __type_name__)")
+    return builtin
 
 
 # ---- reusable checks --------------------------------------------------------------

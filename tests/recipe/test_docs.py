@@ -18,3 +18,16 @@ def test_every_setting_is_documented_with_help() -> None:
         assert row.setting.help.strip(), row.key
         assert f"`{row.key}`" in render_markdown()
     assert set(schema()) == {row.key for row in rows}
+
+
+def test_every_type_has_a_readable_name() -> None:
+    text = render_markdown()
+    assert "<class" not in text and "typing." not in text
+    assert "| `bundle.key` | path (optional) |" in text
+    assert all("<" not in entry["type"] for entry in schema().values())
+
+
+def test_item_tables_document_their_keys() -> None:
+    text = render_markdown()
+    assert '| `initramfs.files[].mode` | permission bits (0o755 or "0755") (optional) |' in text
+    assert "| `initramfs.nodes[].major` | integer (optional) | unset | Device major number, 0..4095" in text

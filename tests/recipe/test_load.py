@@ -132,3 +132,63 @@ def test_show_toml_output_loads_back(tree: Path) -> None:
     again = write(tree / "again.toml", done.stdout)
     original = load_recipe(tree / "child" / "spawn.toml", env={})
     assert recipe_to_dict(load_recipe(again, env={})) == recipe_to_dict(original)
+
+
+# ---- permission bits: TOML keeps no radix, so `mode = 755` must not become 0o1363 ------
+
+MODE_RECIPE = """
+[metadata]
+name = "m"
+version = "1"
+[kernel]
+image = "base/bzImage"
+[[initramfs.nodes]]
+path = "/run/p"
+type = "p"
+mode = {mode}
+"""
+
+
+@pytest.mark.parametrize(("literal", "bits"), [
+    ("0o644", 0o644), ("0o777", 0o777), ("0o4755", 0o4755), ("0o640", 0o640),  # decimal digits all octal
+    ("0x1ed", 0o755), ("0b111101101", 0o755), ("7", 7), ("0", 0),
+    ('"0644"', 0o644), ('"755"', 0o755), ("'0o600'", 0o600),
+])
+def test_octal_modes_are_taken(tree: Path, literal: str, bits: int) -> None:
+    recipe = write(tree / "mode.toml", MODE_RECIPE.format(mode=literal))
+    assert load_recipe(recipe, env={}).initramfs.nodes[0].mode == bits
+
+
+@pytest.mark.parametrize("literal", ["755", "420", "1_0", "+644", "493"])
+def test_decimal_modes_above_seven_are_refused(tree: Path, literal: str) -> None:
+    recipe = write(tree / "mode.toml", MODE_RECIPE.format(mode=literal))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe, env={})
+    assert e.value.render().startswith(f"{recipe}:10: [initramfs] nodes[0].mode: ")
+    assert "is a decimal integer" in e.value.message and e.value.code == "bad-value"
+
+
+def test_a_decimal_mode_from_set_is_refused(tree: Path) -> None:
+    recipe = write(tree / "mode.toml", MODE_RECIPE.format(mode="0o600"))
+    override = 'initramfs.nodes=[{ path = "/run/q", type = "p", mode = 640 }]'
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe, [override], env={})
+    assert e.value.render() == (f"--set {override}: [initramfs] nodes[0].mode: 640 is a decimal integer (0o1200); "
+                                'write permission bits in octal, 0o640 or "0640" [bad-value]')
+
+
+def test_show_writes_modes_in_octal_so_they_load_back(tree: Path) -> None:
+    recipe = write(tree / "mode.toml", MODE_RECIPE.format(mode="0o644"))
+    done = subprocess.run([sys.executable, "-m", "mkimage", "recipe", "show", str(recipe)],
+                          capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    assert 'nodes = [{ "path" = "/run/p", "type" = "p", "mode" = 0o644 }]' in done.stdout
+    again = write(tree / "again.toml", done.stdout)
+    assert load_recipe(again, env={}).initramfs.nodes[0].mode == 0o644
+
+
+def test_a_missing_absolute_path_is_shown_as_written(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree / "child")
+    recipe = write(tree / "abs.toml", '[metadata]\nname = "a"\nversion = "1"\n[kernel]\nimage = "/nonexistent/bz"\n')
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe, env={})
+    assert e.value.message == "no such file: /nonexistent/bz"
