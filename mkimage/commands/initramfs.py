@@ -36,7 +36,7 @@ def command(recipe: Path | None, out: Path | None, list_path: Path | None, overr
         raise click.UsageError("expected RECIPE -o FILE, or --list FILE")
     if out.is_dir():
         raise UsageError(f"{out}: is a directory", code="bad-output")
-    model = load_recipe(recipe, overrides)
+    model = load_recipe(recipe, overrides, need_kernel=False)
     assert model.metadata.source_date_epoch is not None  # the loader fills it in
     result = build_initramfs(model.initramfs, out, source_date_epoch=model.metadata.source_date_epoch,
                              kernel_config=model.kernel.config, arch=model.metadata.arch)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkimage.errors import InputError, MkspawnError
+from mkimage.errors import InputError, MkspawnError, RecipeError
 from mkimage.initramfs.compress import (
     choose_compression,
     compressing,
@@ -60,7 +60,16 @@ def build_initramfs(
     ``("kernel/firmware/acpi/ssdt1.aml", path)`` from the ACPI stage; ``modules_dir``
     is the kernel's ``lib/modules/<release>`` that ``spec.modules`` are taken from;
     ``arch`` is the target, whose ELF machine every packed program must match.
+    Problems with what the recipe names are RecipeErrors at the recipe line that named it.
     """
+    try:
+        return _build(spec, out, source_date_epoch, kernel_config, early_files, modules_dir, arch)
+    except RecipeError as e:
+        raise spec.locations.locate(e) from e
+
+
+def _build(spec: InitramfsSpec, out: Path, source_date_epoch: int, kernel_config: Path | None,
+           early_files: Sequence[tuple[str, Path]], modules_dir: Path | None, arch: Arch) -> InitramfsResult:
     if spec.image is not None:
         raise InputError("initramfs.image is set: the recipe uses a prebuilt initramfs, there is nothing to build",
                          code="prebuilt-initramfs")
@@ -93,7 +102,8 @@ def build_initramfs(
 
 def early_entries(spec: InitramfsSpec, early_files: Sequence[tuple[str, Path]],
                   digests: dict[str, str]) -> list[CpioEntry]:
-    files = [(f"{MICROCODE_DIR}/{path.name}", path, "initramfs.microcode") for path in spec.microcode]
+    files = [(f"{MICROCODE_DIR}/{path.name}", path, f"initramfs.microcode[{i}]")
+             for i, path in enumerate(spec.microcode)]
     files += [(name, path, f"early file {name}") for name, path in early_files]
     return [host_file(path, key, digests, name=os.fsencode(name), mode=0o644) for name, path, key in files]
 

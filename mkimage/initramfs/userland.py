@@ -4,7 +4,11 @@ Owners are always 0:0 and mtimes come from the host (the writer clamps them to
 SOURCE_DATE_EPOCH).  Paths the user names explicitly (files, trees, nodes, symlinks,
 init) must not collide with each other; generated paths (busybox applet links,
 /dev/console, library closures) give way to explicit ones, so a recipe can replace
-any of them.
+any of them.  Hard links inside one tree stay hard links (data stored once), as GNU
+cpio and gen_init_cpio keep them.
+
+Problems are reported against the recipe key that caused them (``key_error``); the
+stage's caller fills in the file and line.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mkimage.errors import InputError
+from mkimage.errors import FormatError, shown_path
 from mkimage.initramfs.elf import LibraryResolver, check_machine, elf_identity
 from mkimage.initramfs.newc import CpioEntry, EntryKind, Reader, archive_name, show_name
+from mkimage.recipe.locations import key_error, parse_key
 from mkimage.recipe.model import Arch, InitramfsSpec, NodeType
 from mkimage.run import run
 
@@ -47,7 +52,7 @@ class HostFile:
         try:
             raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 - the writer closes it
         except OSError as e:
-            raise InputError(f"{self.key}: {self.path}: {e.strerror}", code="unreadable") from e
+            raise key_error(self.key, f"{self.path}: {e.strerror}", code="unreadable") from e
         return raw if self.digests is None else _Digesting(raw, str(self.path), self.digests)
 
 
@@ -76,49 +81,56 @@ def host_file(path: Path, key: str, digests: dict[str, str] | None, *, name: byt
     try:
         st = os.stat(path)
     except OSError as e:
-        raise InputError(f"{key}: {path}: {e.strerror}", code="no-such-file") from e
+        raise key_error(key, f"{shown_path(path)}: {e.strerror}", code="no-such-file") from e
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{key}: {path} is not a regular file", code="not-a-file")
+        raise key_error(key, f"{shown_path(path)} is not a regular file", code="not-a-file")
     bits = stat.S_IMODE(st.st_mode) if mode is None else mode
     return CpioEntry.file(name, HostFile(path, st.st_size, key, digests), mode=bits, mtime=int(st.st_mtime))
 
 
 def tree_entries(src: Path, dst: str, key: str, digests: dict[str, str] | None) -> Iterator[CpioEntry]:
-    """A host directory, recursively: modes from disk, symlinks kept, special files as nodes."""
+    """A host directory, recursively: modes from disk, symlinks kept, special files as nodes,
+    and each further name of a multiply linked file as a hard link to the first one met."""
     try:
         top = os.stat(src)
     except OSError as e:
-        raise InputError(f"{key}: {src}: {e.strerror}", code="no-such-file") from e
+        raise key_error(key, f"{shown_path(src)}: {e.strerror}", code="no-such-file") from e
     if not stat.S_ISDIR(top.st_mode):
-        raise InputError(f"{key}: {src} is not a directory", code="not-a-directory")
+        raise key_error(key, f"{shown_path(src)} is not a directory", code="not-a-directory")
     root = os.fsencode(dst).strip(b"/")
     if root:
         yield CpioEntry.directory(root, mode=stat.S_IMODE(top.st_mode), mtime=int(top.st_mtime))
+    first_name: dict[tuple[int, int], bytes] = {}  # (st_dev, st_ino) of a linked file → its first name
     stack = [(os.fsencode(src), root)]
     while stack:
         host_dir, prefix = stack.pop()
         try:
             children = sorted(os.scandir(host_dir), key=lambda d: d.name)
         except OSError as e:
-            raise InputError(f"{key}: {os.fsdecode(host_dir)}: {e.strerror}", code="unreadable") from e
+            raise key_error(key, f"{os.fsdecode(host_dir)}: {e.strerror}", code="unreadable") from e
         for child in children:
             name = prefix + b"/" + child.name if prefix else child.name
-            entry = _tree_entry(child, name, key, digests)
+            entry = _tree_entry(child, name, key, digests, first_name)
             yield entry
             if entry.kind is EntryKind.DIR:
                 stack.append((child.path, name))
 
 
-def _tree_entry(child: os.DirEntry[bytes], name: bytes, key: str, digests: dict[str, str] | None) -> CpioEntry:
+def _tree_entry(child: os.DirEntry[bytes], name: bytes, key: str, digests: dict[str, str] | None,
+                first_name: dict[tuple[int, int], bytes]) -> CpioEntry:
     try:
         st = child.stat(follow_symlinks=False)
         target = os.readlink(child.path) if stat.S_ISLNK(st.st_mode) else b""
     except OSError as e:
-        raise InputError(f"{key}: {os.fsdecode(child.path)}: {e.strerror}", code="unreadable") from e
+        raise key_error(key, f"{os.fsdecode(child.path)}: {e.strerror}", code="unreadable") from e
     mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
     if stat.S_ISDIR(st.st_mode):
         return CpioEntry.directory(name, mode=mode, mtime=mtime)
     if stat.S_ISREG(st.st_mode):
+        if st.st_nlink > 1:
+            first = first_name.setdefault((st.st_dev, st.st_ino), name)
+            if first != name:
+                return CpioEntry.hardlink(name, first)
         source = HostFile(Path(os.fsdecode(child.path)), st.st_size, key, digests)
         return CpioEntry.file(name, source, mode=mode, mtime=mtime)
     if stat.S_ISLNK(st.st_mode):
@@ -135,24 +147,52 @@ class _Slot:
 
 
 class Layout:
-    """The main archive's entries by name, with the precedence rules above."""
+    """The main archive's entries by name, with the precedence rules above.  An origin is
+    the recipe key an entry comes from (or a description of a generated one)."""
 
     def __init__(self) -> None:
         self._slots: dict[bytes, _Slot] = {}
 
     def add(self, entry: CpioEntry, origin: str, *, generated: bool = False) -> None:
-        name = archive_name(entry.name)
+        try:
+            name = archive_name(entry.name)
+        except FormatError as e:
+            raise key_error(origin, e.message, code=e.code) from e
         old = self._slots.get(name)
         if old is None or (old.generated and not generated):
             self._slots[name] = _Slot(entry, origin, generated)
         elif _same(old.entry, entry) or (generated and not old.generated):
             return
         else:
-            raise InputError(f"{old.origin} and {origin} both put {show_name(name)} in the initramfs",
-                             code="path-conflict")
+            raise key_error(origin, f"{show_name(name)} is also placed by {_shown_origin(old.origin)}",
+                            code="path-conflict")
 
     def entries(self) -> list[CpioEntry]:
+        """Every entry; refuses a name whose parent is placed as something other than a
+        directory (the writer would refuse it too, but without the recipe key)."""
+        for name, slot in self._slots.items():
+            parent = name.rpartition(b"/")[0]
+            while parent:
+                above = self._slots.get(parent)
+                if above is not None and above.entry.kind is not EntryKind.DIR:
+                    raise key_error(slot.origin, f"{show_name(name)} would be inside {show_name(parent)}, which "
+                                    f"{_shown_origin(above.origin)} places as a {_KIND_NAMES[above.entry.kind]}",
+                                    code="path-conflict")
+                parent = parent.rpartition(b"/")[0]
         return [slot.entry for slot in self._slots.values()]
+
+
+_KIND_NAMES = {EntryKind.FILE: "file", EntryKind.HARDLINK: "file", EntryKind.SYMLINK: "symlink",
+               EntryKind.CHAR: "char device", EntryKind.BLOCK: "block device", EntryKind.FIFO: "FIFO",
+               EntryKind.SOCKET: "socket", EntryKind.DIR: "directory"}
+
+
+def _shown_origin(origin: str) -> str:
+    """``initramfs.files[0].dst`` as errors show keys: ``[initramfs] files[0].dst``."""
+    if parse_key(origin) is None:
+        return origin
+    section, _, rest = origin.partition(".")
+    return f"[{section}] {rest}"
 
 
 def _same(a: CpioEntry, b: CpioEntry) -> bool:
@@ -180,18 +220,20 @@ def layout_userland(spec: InitramfsSpec, digests: dict[str, str] | None,
     _add_init(layout, spec, digests)
     for i, item in enumerate(spec.files):
         key = f"initramfs.files[{i}]"
-        layout.add(host_file(item.src, f"{key}.src", digests, name=os.fsencode(item.dst), mode=item.mode), key)
+        layout.add(host_file(item.src, f"{key}.src", digests, name=os.fsencode(item.dst), mode=item.mode),
+                   f"{key}.dst")
     for i, tree in enumerate(spec.trees):
         key = f"initramfs.trees[{i}]"
         for entry in tree_entries(tree.src, tree.dst, f"{key}.src", digests):
             layout.add(entry, key)
     _add_binaries(layout, spec, digests)
     for i, node in enumerate(spec.nodes):
-        entry = CpioEntry.node(os.fsencode(node.path), _NODE_KINDS[node.type], major=node.major,
-                               minor=node.minor, mode=node.mode)
-        layout.add(entry, f"initramfs.nodes[{i}]")
+        entry = CpioEntry.node(os.fsencode(node.path), _NODE_KINDS[node.type], major=node.major or 0,
+                               minor=node.minor or 0, mode=node.mode)
+        layout.add(entry, f"initramfs.nodes[{i}].path")
     for i, link in enumerate(spec.symlinks):
-        layout.add(CpioEntry.symlink(os.fsencode(link.path), os.fsencode(link.target)), f"initramfs.symlinks[{i}]")
+        layout.add(CpioEntry.symlink(os.fsencode(link.path), os.fsencode(link.target)),
+                   f"initramfs.symlinks[{i}].path")
     return layout, tools
 
 
@@ -208,8 +250,8 @@ def _add_busybox(layout: Layout, digests: dict[str, str] | None) -> str:
 
 def _add_init(layout: Layout, spec: InitramfsSpec, digests: dict[str, str] | None) -> None:
     if spec.init is None and not spec.busybox:
-        raise InputError("initramfs.busybox = false, but the default init is a busybox script; "
-                         "set initramfs.init to your own program", code="no-init")
+        raise key_error("initramfs.busybox", "false, but the default init is a busybox script; set "
+                        "initramfs.init to your own program", code="no-init")
     source, key = (spec.init, "initramfs.init") if spec.init is not None else (DEFAULT_INIT, "initramfs (default init)")
     layout.add(host_file(source, key, digests, name=b"init", mode=0o755), key)
     if spec.command:
@@ -224,8 +266,8 @@ def _add_binaries(layout: Layout, spec: InitramfsSpec, digests: dict[str, str] |
     for i, binary in enumerate(spec.binaries):
         key = f"initramfs.binaries[{i}]"
         if elf_identity(str(binary)) is None:
-            raise InputError(f"{key}: {binary} is not an ELF file (copy scripts with initramfs.files)",
-                             code="bad-elf")
+            raise key_error(key, f"{shown_path(binary)} is not an ELF file (copy scripts with initramfs.files)",
+                            code="bad-elf")
         for placed in resolver.closure(binary, key):
             name = os.fsencode(placed.path)
             if placed.target is not None:

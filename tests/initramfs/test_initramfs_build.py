@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mkimage.commands.initramfs import command
-from mkimage.errors import FormatError, InputError, RecipeError
+from mkimage.errors import InputError, RecipeError
 from mkimage.initramfs.build import build_initramfs
 from mkimage.initramfs.reader import read_initramfs
 from mkimage.recipe.load import load_recipe
@@ -178,18 +178,44 @@ def test_origin_runpath_and_symlink_chains_are_followed(tmp_path: Path, cc: str)
 def test_missing_source_file_names_the_key_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "x.img"
     spec = InitramfsSpec(files=[FileItem(tmp_path / "gone.txt", "/etc/gone")])
-    with pytest.raises(InputError, match=r"initramfs\.files\[0\]\.src: .*gone\.txt: No such file") as info:
+    with pytest.raises(RecipeError, match=r".*gone\.txt: No such file") as info:
         build_initramfs(spec, out, source_date_epoch=EPOCH)
+    assert info.value.key == "initramfs.files[0].src"
     assert "\n" not in info.value.render()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_dotdot_in_dst_is_refused_by_the_writer_too(tmp_path: Path) -> None:
+def test_dotdot_in_dst_is_refused_at_layout_too(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     spec = InitramfsSpec(files=[FileItem(tmp_path / "f", "/etc/../../escape")])
-    with pytest.raises(FormatError, match=r"'\.\.'"):
+    with pytest.raises(RecipeError, match=r"'\.\.'") as info:
         build_initramfs(spec, tmp_path / "out" / "x.img", source_date_epoch=EPOCH)
+    assert (info.value.key, info.value.code) == ("initramfs.files[0].dst", "bad-name")
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_tree_name_beyond_path_max_is_a_recipe_error_at_the_trees_line(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "/".join(["d" * 200] * 6)).mkdir(parents=True)
+    dst = "/".join(["x" * 200] * 15)  # a legal dst; only with the tree's names is it past PATH_MAX
+    recipe = write_recipe(tmp_path, f'busybox = false\ninit = "bzImage"\n\n[[initramfs.trees]]\nsrc = "tree"\n'
+                                    f'dst = "{dst}"\n')
+    out = tmp_path / "x.img"
+    with pytest.raises(RecipeError) as info:
+        build_initramfs(load_recipe(recipe).initramfs, out, source_date_epoch=EPOCH)
+    assert info.value.exit_code == 2 and info.value.code == "bad-name"
+    assert info.value.render().startswith(f"{recipe}:13: [initramfs] trees[0]: entry name longer than 4095 bytes: ")
+    assert not out.exists()
+
+
+def test_a_node_under_a_symlink_is_a_recipe_error_at_the_nodes_line(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, 'busybox = false\ninit = "bzImage"\n'
+                          'symlinks = [{ path = "/run", target = "/tmp" }]\n'
+                          'nodes = [{ path = "/run/ctl", type = "p" }]\n')
+    with pytest.raises(RecipeError) as info:
+        build_initramfs(load_recipe(recipe).initramfs, tmp_path / "x.img", source_date_epoch=EPOCH)
+    assert info.value.render() == (f"{recipe}:13: [initramfs] nodes[0].path: run/ctl would be inside run, which "
+                                   "[initramfs] symlinks[0].path places as a symlink [path-conflict]")
+    assert info.value.exit_code == 2
 
 
 def write_recipe(tmp_path: Path, initramfs_toml: str) -> Path:
@@ -241,6 +267,16 @@ def test_cli_builds_then_lists_early_and_compressed_segments(tmp_path: Path) -> 
     assert as_json["segments"][1]["members"][0]["name"] == "bin"
 
 
+def test_cli_builds_a_recipe_without_a_kernel_section(tmp_path: Path) -> None:
+    (tmp_path / "init").write_text("#!/bin/sh\n")
+    recipe = tmp_path / "initramfs-only.toml"
+    recipe.write_text('[metadata]\nname = "t"\nversion = "1"\n\n[initramfs]\nbusybox = false\ninit = "init"\n')
+    built = CliRunner().invoke(command, [str(recipe), "-o", str(tmp_path / "initrd.img")], catch_exceptions=False)
+    assert built.exit_code == 0, built.output
+    names = [m.name for s in read_initramfs((tmp_path / "initrd.img").read_bytes()) for m in s.members]
+    assert names == [b"dev", b"dev/console", b"init"]
+
+
 def test_cli_needs_one_form() -> None:
     result = CliRunner().invoke(command, [])
     assert result.exit_code == 2 and "expected RECIPE -o FILE, or --list FILE" in result.output
@@ -252,10 +288,14 @@ def test_recipe_tables_load_into_typed_items(tmp_path: Path) -> None:
                           '[[initramfs.files]]\nsrc = "motd"\ndst = "/etc/motd"\nmode = 0o600\n'
                           '[[initramfs.trees]]\nsrc = "."\ndst = "/srv"\n'
                           '[[initramfs.nodes]]\npath = "/dev/null"\ntype = "c"\nmajor = 1\nminor = 3\nmode = 0o666\n'
+                          '[[initramfs.nodes]]\npath = "/run/ctl"\ntype = "p"\nmode = "0640"\n'
+                          '[[initramfs.nodes]]\npath = "/run/sock"\ntype = "s"\nmode = 7\n'
                           '[[initramfs.symlinks]]\npath = "/etc/issue"\ntarget = "motd"\n')
     spec = load_recipe(recipe).initramfs
     assert spec.files == [FileItem(tmp_path / "motd", "/etc/motd", 0o600)]
     assert spec.trees == [TreeItem(tmp_path, "/srv")]
-    assert spec.nodes == [NodeItem("/dev/null", NodeType.CHAR, 1, 3, 0o666)]
+    assert spec.nodes == [NodeItem("/dev/null", NodeType.CHAR, 1, 3, 0o666),
+                          NodeItem("/run/ctl", NodeType.FIFO, mode=0o640),
+                          NodeItem("/run/sock", NodeType.SOCKET, mode=7)]
     assert spec.symlinks == [SymlinkItem("/etc/issue", "motd")]
     assert spec.compression is Compression.LZ4 and spec.binaries == [Path("/usr/bin/env")]
