@@ -17,6 +17,7 @@ from mkimage.devicetree.schema import (
     instance_tree,
     resolve_instance,
 )
+from mkimage.errors import InputError
 from mkimage.outputs import write_atomic
 from mkimage.recipe.model import AbiProfile, Recipe
 
@@ -26,6 +27,13 @@ MEMBER_DIR = "devicetree"
 MEDIA_DTS = "text/x-dts"
 MEDIA_DTB = "application/x-dtb"
 MEDIA_DTBO = "application/x-dtbo"
+# overlays/new has no atomic write length: kernfs hands the handler at most a page per
+# write(2), and overlay.c mk_overlay_new_write refuses a continuation at a non-zero offset.
+OVERLAY_MAX_BYTES = 4096
+
+
+class OverlayTooLargeError(InputError):
+    code = "overlay-too-large"
 
 
 class TreeKind(enum.StrEnum):
@@ -95,7 +103,13 @@ def build_devicetree(recipe: Recipe, work_dir: Path) -> list[Artifact]:
         stem = generated.kind.value
         blob_path = out_dir / f"{stem}{generated.blob_suffix}"
         users = [generated.user_file] if generated.user_file is not None else []
-        compile_dts(generated.source(inline_user_file=False), blob_path, user_files=users)
+        blob = compile_dts(generated.source(inline_user_file=False), blob_path, user_files=users)
+        if generated.plugin and len(blob) > OVERLAY_MAX_BYTES:
+            blob_path.unlink()
+            raise OverlayTooLargeError(
+                f"devicetree: the instance overlay is {len(blob)} bytes; a multikernel host takes at most "
+                f"{OVERLAY_MAX_BYTES} in one write to overlays/new (shorten the cmdline, devices or "
+                "preserve list, or the instance_dts)")
         dts_path = out_dir / f"{stem}.dts"
         write_atomic(dts_path, generated.source(inline_user_file=True).encode())
         files.append(Artifact(Role.DTS, f"{MEMBER_DIR}/{stem}.dts", dts_path, MEDIA_DTS))

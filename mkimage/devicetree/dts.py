@@ -51,7 +51,20 @@ class Flag:
         return ""
 
 
-Value = Cells | Strings | Flag
+@dataclass(frozen=True, slots=True)
+class Bytes:
+    """A byte string (a digest), ``[…]`` in dtc's syntax."""
+
+    data: bytes
+
+    def encode(self) -> bytes:
+        return self.data
+
+    def render(self) -> str:
+        return "[" + " ".join(f"{b:02x}" for b in self.data) + "]"
+
+
+Value = Cells | Strings | Flag | Bytes
 
 
 def u32(*values: int) -> Cells:

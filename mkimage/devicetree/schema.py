@@ -3,14 +3,19 @@
 * v2 (§7.1): one whole DTB, ``/instances/<name>`` with u32 CPU cells, written to
   ``/sys/fs/multikernel/device_tree``; its baseline has flat ``memory-base`` /
   ``memory-bytes``.
-* mk2 and mk-master (§7.2, §7.4): a baseline with u64 CPU cells and ``memory@N`` chunks,
-  then an overlay (DTBO) whose ``fragment@0`` targets ``/instances`` with an
-  ``instance-create`` node; devices follow in ``fragment@1`` as ``device-add`` items on
-  ``/instances/<name>``.  Both profiles read the same overlays.rst, so their trees are
-  the same.
+* mk2 and mk-master (§7.2, §7.4, §14): a baseline with u64 CPU cells and
+  ``memory@N { size; numa-node-id; }`` chunks (the pool picks the addresses), then an
+  overlay (DTBO) whose ``fragment@0`` targets ``/instances`` with one ``instance-create``
+  node: ``resources { memory-bytes; cpus; numa-nodes; devices/<name> {…}; }`` (dts.c
+  mk_dt_parse_resources; no memory-base, which it never reads) and ``chosen {
+  multikernel,host-tree {…}; }``, the hand-off the spawn reads (hosttree.py).  PCI
+  aliases go in the overlay's root ``/aliases``, where dts.c mk_dt_node_alias looks
+  them up by the device node's path.  Both profiles read the same kernel source, so
+  their trees are the same.
 
 The recipe loader has already checked what the profiles cannot express (u32 overflow,
-NUMA or devices on v2), so this module only builds trees.
+NUMA or devices on v2, fixed addresses on mk2 and later), so this module only builds
+trees; the kernel's own checks on them are tests/devicetree/test_kernel_rules.py.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mkimage.devicetree.dts import DtsNode, node, text, u32, u64
+from mkimage.devicetree.hosttree import SPAWN_NODE, handover_tree, host_tree
 from mkimage.recipe.model import AbiProfile, DeviceItem, PoolMemoryItem, Recipe
 
 ROOT_COMPATIBLE = "multikernel-v1"  # §7.1/§7.2: the host's tree compatible, all generations
 OVERLAY_TARGET = "/instances"  # §7.4: one of the three target paths the kernel accepts
+OVERLAY_FRAGMENT = "fragment@0"
 DEVICES_PATH = "/resources/devices"
 
 
@@ -34,11 +41,12 @@ class Instance:
     profile: AbiProfile
     cpus: tuple[int, ...]
     memory_bytes: int
-    memory_base: int | None
     numa_nodes: tuple[int, ...]
     devices: tuple[tuple[str, DeviceItem], ...]
     pool_cpus: tuple[int, ...]
     pool_memory: tuple[PoolMemoryItem, ...]
+    cmdline: str
+    preserve: tuple[tuple[str, int], ...]
 
 
 def place_cpus(pool: list[int], count: int, threads: int) -> tuple[int, ...]:
@@ -68,8 +76,7 @@ def resolve_instance(recipe: Recipe) -> Instance | None:
     count = inst.cpu_count
     cpus = tuple(inst.cpus) if count is None else place_cpus(dt.pool_cpus, count, dt.smt_threads)
     pool_memory = tuple(dt.pool_memory) or (
-        PoolMemoryItem(size_bytes=inst.memory_bytes, base=inst.memory_base,
-                       numa_node=inst.numa_nodes[0] if inst.numa_nodes else None),
+        PoolMemoryItem(size_bytes=inst.memory_bytes, numa_node=inst.numa_nodes[0] if inst.numa_nodes else None),
     )
     return Instance(
         name=inst.name,
@@ -77,11 +84,12 @@ def resolve_instance(recipe: Recipe) -> Instance | None:
         profile=inst.profile,
         cpus=cpus,
         memory_bytes=inst.memory_bytes,
-        memory_base=inst.memory_base,
         numa_nodes=tuple(inst.numa_nodes),
         devices=tuple(inst.devices.items()),
         pool_cpus=tuple(dt.pool_cpus) or cpus,
         pool_memory=pool_memory,
+        cmdline=" ".join(part for part in (recipe.kernel.cmdline, inst.cmdline) if part),
+        preserve=tuple((item.name, item.size_bytes) for item in inst.preserve),
     )
 
 
@@ -107,45 +115,48 @@ def _v2_instance(inst: Instance) -> DtsNode:
                 node("instances", node(inst.name, ("id", u32(inst.id)), resources)))
 
 
+def spawn_handover(inst: Instance, digests: dict[str, str] | None = None, *, node_name: str = "") -> DtsNode:
+    """The hand-off tree of ``inst`` (hosttree.py): the overlay's copy, or with
+    ``digests`` the bundle's handover.dtb."""
+    return handover_tree(name=inst.name, mk_id=inst.id, profile=inst.profile.value, cpus=inst.cpus,
+                         memory_bytes=inst.memory_bytes, numa_nodes=inst.numa_nodes, cmdline=inst.cmdline,
+                         preserve=inst.preserve, digests=digests, node_name=node_name)
+
+
 def _overlay(inst: Instance) -> DtsNode:
+    devices = [_instance_device(name, dev) for name, dev in inst.devices]
     resources = node(
         "resources",
         ("memory-bytes", u64(inst.memory_bytes)),
-        ("memory-base", u64(inst.memory_base)) if inst.memory_base is not None else None,
         ("cpus", u64(*inst.cpus)),
         ("numa-nodes", u32(*inst.numa_nodes)) if inst.numa_nodes else None,
+        node("devices", *devices) if devices else None,
     )
-    create = node("instance-create", ("instance-name", text(inst.name)), ("id", u32(inst.id)), resources)
-    fragments = [node("fragment@0", ("target-path", text(OVERLAY_TARGET)), node("__overlay__", create))]
-    if inst.devices:
-        items = _device_add_items(inst.devices)
-        fragments.append(node("fragment@1", ("target-path", text(f"{OVERLAY_TARGET}/{inst.name}")),
-                              node("__overlay__", node("device-add", *items))))
-    return node("", *fragments)
+    create = node("instance-create", ("instance-name", text(inst.name)), ("id", u32(inst.id)), resources,
+                  host_tree(spawn_handover(inst, node_name=SPAWN_NODE), inst.pool_cpus))
+    where = f"/{OVERLAY_FRAGMENT}/__overlay__/instance-create/resources/devices"
+    aliases = [(dev.alias, text(f"{where}/{name}")) for name, dev in inst.devices if dev.alias and dev.pci]
+    return node("", node(OVERLAY_FRAGMENT, ("target-path", text(OVERLAY_TARGET)), node("__overlay__", create)),
+                node("aliases", *aliases) if aliases else None)
 
 
-def _device_add_items(devices: tuple[tuple[str, DeviceItem], ...]) -> list[DtsNode]:
-    """overlays.rst names PCI items ``pci@N { pci-id; alias; }``.  It defines no platform
-    item, so platform devices use the baseline's own device node shape (§7.2)."""
-    items: list[DtsNode] = []
-    pci_index = 0
-    for name, dev in devices:
-        if dev.pci is not None:
-            items.append(node(f"pci@{pci_index}", ("pci-id", text(bdf(dev))),
-                              ("alias", text(dev.alias)) if dev.alias else None))
-            pci_index += 1
-        else:
-            items.append(_platform_node(name, dev))
-    return items
-
-
-def _platform_node(name: str, dev: DeviceItem) -> DtsNode:
+def _instance_device(name: str, dev: DeviceItem) -> DtsNode:
+    """dts.c mk_dt_parse_embedded_devices: a device described in full, PCI by address and
+    ids, platform by acpi-hid and/or device-name."""
+    if dev.pci is not None:
+        return _pci_node(name, dev)
     return node(
         name,
         ("device-type", text("platform")),
         ("device-name", text(dev.platform)) if dev.platform else None,
         ("acpi-hid", text(dev.acpi_hid)) if dev.acpi_hid else None,
     )
+
+
+def _pci_node(name: str, dev: DeviceItem) -> DtsNode:
+    assert dev.vendor_id is not None and dev.device_id is not None
+    return node(name, ("device-type", text("pci")), ("pci-id", text(bdf(dev))),
+                ("vendor-id", u32(dev.vendor_id)), ("device-id", u32(dev.device_id)))
 
 
 # ---- pool baselines -------------------------------------------------------------------------
@@ -170,15 +181,17 @@ def baseline_tree(inst: Instance) -> DtsNode:
 
 
 def _memory_chunk(index: int, chunk: PoolMemoryItem) -> DtsNode:
-    """``memory@N { size }``, or ``reg`` (address, size) when the base is fixed (§7.4)."""
-    extent = ("reg", u64(chunk.base, chunk.size_bytes)) if chunk.base is not None else ("size", u64(chunk.size_bytes))
+    """``memory@N { size; numa-node-id; }``: baseline.c mk_baseline_parse_memory reads only
+    these and lets the pool choose the address (the recipe refuses a fixed base)."""
+    assert chunk.base is None, "recipe validation lets no fixed base through on mk2 and later"
     numa = ("numa-node-id", u32(chunk.numa_node)) if chunk.numa_node is not None else None
-    return node(f"memory@{index}", extent, numa)
+    return node(f"memory@{index}", ("size", u64(chunk.size_bytes)), numa)
 
 
 def _baseline_device(name: str, dev: DeviceItem) -> DtsNode:
-    if dev.pci is None:
-        return _platform_node(name, dev)
-    assert dev.vendor_id is not None and dev.device_id is not None
-    return node(name, ("device-type", text("pci")), ("pci-id", text(bdf(dev))),
-                ("vendor-id", u32(dev.vendor_id)), ("device-id", u32(dev.device_id)))
+    """baseline.c mk_baseline_parse_devices: PCI as in an instance; a platform device is
+    named by device-name (else its node name) and acpi-hid is not read, so not written."""
+    if dev.pci is not None:
+        return _pci_node(name, dev)
+    return node(name, ("device-type", text("platform")),
+                ("device-name", text(dev.platform)) if dev.platform else None)

@@ -1,11 +1,11 @@
 """The handover FDT (docs/handover-binding.md): a record in, one page of bytes out, and back.
 
-It copies KHO's conventions (kexec-and-formats.md §6.2, §6.6; kernel
-Documentation/core-api/kho/concepts.rst): only the FDT container is used, the root is
-at most one page with an empty reservation map, the root ``compatible`` is the version
-key, there are no ``#…-cells``/``reg``/``ranges``, integers are native-endian
-(little-endian on x86-64 and arm64), and each concern is one sub-node.  The compatible
-is our own: a KHO receiver ignores a tree whose compatible is not its ``kho-vN``.
+The tree's vocabulary is mkimage/devicetree/hosttree.py, shared with the copy the
+instance overlay carries to the spawn in ``chosen/multikernel,host-tree/mkspawn``;
+this bundle member is that copy's signed source plus ``/images``.  Integers are
+big-endian like every tree the kernel reads (v1 of this binding used KHO's
+native-endian u64s and never reached a spawn).  The container keeps KHO's shape: one
+page, an empty reservation map, the root ``compatible`` as the version key.
 """
 
 from __future__ import annotations
@@ -14,19 +14,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mkimage.devicetree.fdt import (
-    Fdt,
-    FdtNode,
-    decode_fdt,
-    decode_strings,
-    encode_fdt,
-    string,
-    u64_le,
-)
+from mkimage.devicetree.fdt import Fdt, FdtNode, decode_fdt, decode_strings, encode_fdt
+from mkimage.devicetree.hosttree import COMPATIBLE, handover_tree
 from mkimage.errors import FormatError, MkspawnError
 from mkimage.recipe.model import AbiProfile
 
-COMPATIBLE = "mkspawn,handover-v1"
 PAGE_BYTES = 4096  # KHO's root FDT is one page
 SHA256_BYTES = 32
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -37,7 +29,7 @@ ABI, IMAGES, INSTANCE, CMDLINE, PRESERVED = "abi", "images", "instance", "cmdlin
 _LAYOUT: dict[str, frozenset[str]] = {
     ABI: frozenset({"profile"}),
     CMDLINE: frozenset({"bootargs"}),
-    INSTANCE: frozenset({"instance-name", "id", "cpus", "memory-bytes", "memory-base", "numa-nodes"}),
+    INSTANCE: frozenset({"instance-name", "id", "cpus", "memory-bytes", "numa-nodes"}),
 }
 
 
@@ -51,7 +43,6 @@ class HandoverInstance:
     id: int
     cpus: tuple[int, ...] = ()  # physical APIC ids; empty when the host places them
     memory_bytes: int | None = None
-    memory_base: int | None = None
     numa_nodes: tuple[int, ...] = ()
 
 
@@ -76,37 +67,19 @@ class Handover:
 
 # ---- writing -----------------------------------------------------------------------------------
 
-def _instance_node(inst: HandoverInstance) -> FdtNode:
-    props: list[tuple[str, bytes]] = [("instance-name", string(inst.name)), ("id", u64_le(inst.id))]
-    if inst.cpus:
-        props.append(("cpus", u64_le(*inst.cpus)))
-    if inst.memory_bytes is not None:
-        props.append(("memory-bytes", u64_le(inst.memory_bytes)))
-    if inst.memory_base is not None:
-        props.append(("memory-base", u64_le(inst.memory_base)))
-    if inst.numa_nodes:
-        props.append(("numa-nodes", u64_le(*inst.numa_nodes)))
-    return FdtNode(INSTANCE, tuple(props))
-
-
 def encode_handover(handover: Handover) -> bytes:
     """One page: the tree, then free space up to PAGE_BYTES."""
-    children = [FdtNode(ABI, (("profile", string(handover.profile.value)),))]
-    images = tuple(FdtNode(role, (("sha256", bytes.fromhex(handover.digests[role])),))
-                   for role in sorted(handover.digests))
-    children.append(FdtNode(IMAGES, (), images))
-    if handover.instance is not None:
-        children.append(_instance_node(handover.instance))
-    children.append(FdtNode(CMDLINE, (("bootargs", string(handover.cmdline)),)))
-    if handover.preserve:
-        requests = tuple(FdtNode(name, (("blob-size", u64_le(size)),)) for name, size in handover.preserve)
-        children.append(FdtNode(PRESERVED, (), requests))
-    root = FdtNode("", (("compatible", string(COMPATIBLE)),), tuple(children))
-    blob = encode_fdt(Fdt(root))
+    inst = handover.instance
+    tree = handover_tree(
+        name=inst.name if inst else None, mk_id=inst.id if inst else 0, profile=handover.profile.value,
+        cpus=inst.cpus if inst else (), memory_bytes=inst.memory_bytes if inst else None,
+        numa_nodes=inst.numa_nodes if inst else (), cmdline=handover.cmdline, preserve=handover.preserve,
+        digests=handover.digests).to_fdt()
+    blob = encode_fdt(Fdt(tree))
     if len(blob) > PAGE_BYTES:
         raise HandoverError(f"the handover FDT needs {len(blob)} bytes, more than one {PAGE_BYTES}-byte page "
                             "(shorten the cmdline or the preserved-memory list)", code="handover-too-large")
-    return encode_fdt(Fdt(root), min_size=PAGE_BYTES)
+    return encode_fdt(Fdt(tree), min_size=PAGE_BYTES)
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -115,23 +88,24 @@ def _fail(path: str, message: str) -> FormatError:
     return FormatError(f"{path}: {message}", code="bad-handover")
 
 
-def _u64s(node: FdtNode, prop: str, path: str) -> tuple[int, ...]:
+def _ints(node: FdtNode, prop: str, path: str, width: int) -> tuple[int, ...]:
     value = node.prop(prop)
     if value is None:
         return ()
-    if len(value) % 8 or not value:
-        raise _fail(f"{path}/{prop}", f"observed {len(value)} bytes, expected a non-empty multiple of 8 (u64s)")
-    return tuple(int.from_bytes(value[i : i + 8], "little") for i in range(0, len(value), 8))
+    if len(value) % width or not value:
+        raise _fail(f"{path}/{prop}", f"observed {len(value)} bytes, expected a non-empty multiple of {width} "
+                    f"(big-endian u{width * 8}s)")
+    return tuple(int.from_bytes(value[i : i + width], "big") for i in range(0, len(value), width))
 
 
-def _one_u64(node: FdtNode, prop: str, path: str, *, required: bool = False) -> int | None:
-    values = _u64s(node, prop, path)
+def _one(node: FdtNode, prop: str, path: str, width: int, *, required: bool = False) -> int | None:
+    values = _ints(node, prop, path, width)
     if not values:
         if required:
             raise _fail(path, f"missing property {prop!r}")
         return None
     if len(values) != 1:
-        raise _fail(f"{path}/{prop}", f"observed {len(values)} u64s, expected 1")
+        raise _fail(f"{path}/{prop}", f"observed {len(values)} values, expected 1")
     return values[0]
 
 
@@ -156,16 +130,14 @@ def _expect_props(node: FdtNode, allowed: frozenset[str], path: str) -> None:
 
 def _read_instance(node: FdtNode) -> HandoverInstance:
     path = f"/{INSTANCE}"
-    _expect_props(node, _LAYOUT[INSTANCE], path)
-    ident = _one_u64(node, "id", path, required=True)
+    ident = _one(node, "id", path, 4, required=True)
     assert ident is not None
     return HandoverInstance(
         name=_text(node, "instance-name", path),
         id=ident,
-        cpus=_u64s(node, "cpus", path),
-        memory_bytes=_one_u64(node, "memory-bytes", path),
-        memory_base=_one_u64(node, "memory-base", path),
-        numa_nodes=_u64s(node, "numa-nodes", path),
+        cpus=_ints(node, "cpus", path, 8),
+        memory_bytes=_one(node, "memory-bytes", path, 8),
+        numa_nodes=_ints(node, "numa-nodes", path, 4),
     )
 
 
@@ -186,7 +158,7 @@ def _read_preserve(node: FdtNode) -> tuple[tuple[str, int], ...]:
     for request in node.children:
         path = f"/{PRESERVED}/{request.name}"
         _expect_props(request, frozenset({"blob-size"}), path)
-        size = _one_u64(request, "blob-size", path, required=True)
+        size = _one(request, "blob-size", path, 8, required=True)
         assert size is not None
         out.append((request.name, size))
     return tuple(out)
@@ -207,7 +179,7 @@ def decode_handover(data: bytes) -> Handover:
             _expect_props(child, _LAYOUT[name], f"/{name}")
         if child.children and name not in (IMAGES, PRESERVED):
             raise _fail(f"/{name}/{child.children[0].name}", "unknown node")
-    for required in (ABI, IMAGES, CMDLINE):
+    for required in (ABI, CMDLINE):
         if required not in nodes:
             raise _fail(f"/{required}", "missing node")
     profile_text = _text(nodes[ABI], "profile", f"/{ABI}")
@@ -219,7 +191,7 @@ def decode_handover(data: bytes) -> Handover:
     return Handover(
         profile=profile,
         cmdline=_text(nodes[CMDLINE], "bootargs", f"/{CMDLINE}"),
-        digests=_read_images(nodes[IMAGES]),
+        digests=_read_images(nodes[IMAGES]) if IMAGES in nodes else {},
         instance=_read_instance(nodes[INSTANCE]) if INSTANCE in nodes else None,
         preserve=_read_preserve(nodes[PRESERVED]) if PRESERVED in nodes else (),
     )

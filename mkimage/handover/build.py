@@ -33,7 +33,6 @@ def handover_record(recipe: Recipe, digests: Mapping[str, str]) -> Handover | No
         id=spec.id,
         cpus=placed.cpus if placed else (),
         memory_bytes=spec.memory_bytes,
-        memory_base=spec.memory_base,
         numa_nodes=tuple(spec.numa_nodes),
     )
     return Handover(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mkimage.devicetree.build import build_devicetree, generated_trees
+from mkimage.devicetree.build import OverlayTooLargeError, build_devicetree, generated_trees
 from mkimage.devicetree.compile import SourceError
 from mkimage.devicetree.fdt import decode_fdt
 from mkimage.devicetree.schema import place_cpus
@@ -25,7 +25,6 @@ id = 2047
 profile = "{profile}"
 cpus = [4, 5, 0x100000000]
 memory_bytes = 0x30000000
-memory_base = 0x80000000
 numa_nodes = [1, 0]
 [instance.devices.nic1]
 pci = "3a:1f.7"
@@ -36,7 +35,7 @@ acpi_hid = "PNP0501"
 [devicetree]
 pool_cpus = [4, 5, 6, 7, 0x100000000]
 pool_memory = [
-    {{ size_bytes = 0x40000000, base = 0x80000000, numa_node = 0 }},
+    {{ size_bytes = 0x40000000, numa_node = 0 }},
     {{ size_bytes = 0x1000, numa_node = 1 }},
 ]
 """
@@ -66,14 +65,17 @@ def test_dtc_decompiles_every_blob_and_the_tree_is_the_model(tmp_path: Path, pro
     resources = "/fragment@0/__overlay__/instance-create/resources"
     cells = [int(c, 16) for c in tool("fdtget", "-t", "x", work / "instance.dtbo", resources, "cpus").split()]
     assert [hi << 32 | lo for hi, lo in zip(cells[::2], cells[1::2], strict=True)] == inst.cpus
-    assert tool("fdtget", "-t", "x", work / "instance.dtbo", resources, "memory-base").split() == ["0", "80000000"]
+    assert "memory-base" not in tool("fdtget", "-p", work / "instance.dtbo", resources).split()
     assert tool("fdtget", "-t", "u", work / "instance.dtbo", resources, "numa-nodes").split() == ["1", "0"]
-    add = "/fragment@1/__overlay__/device-add"
-    assert tool("fdtget", "-t", "s", work / "instance.dtbo", f"{add}/pci@0", "pci-id").strip() == "0000:3a:1f.7"
-    assert tool("fdtget", "-t", "s", work / "instance.dtbo", f"{add}/uart", "acpi-hid").strip() == "PNP0501"
+    devices = f"{resources}/devices"
+    assert tool("fdtget", "-t", "s", work / "instance.dtbo", f"{devices}/nic1", "pci-id").strip() == "0000:3a:1f.7"
+    assert tool("fdtget", "-t", "x", work / "instance.dtbo", f"{devices}/nic1", "device-id").strip() == "10ca"
+    assert tool("fdtget", "-t", "s", work / "instance.dtbo", f"{devices}/uart", "acpi-hid").strip() == "PNP0501"
+    assert tool("fdtget", "-l", work / "instance.dtbo", "/").split() == ["fragment@0"]  # no device-add fragment
     baseline = work / "baseline.dtb"
-    reg = tool("fdtget", "-t", "x", baseline, "/resources/memory@0", "reg").split()
-    assert reg == ["0", "80000000", "0", "40000000"]
+    assert tool("fdtget", "-t", "x", baseline, "/resources/memory@0", "size").split() == ["0", "40000000"]
+    assert "reg" not in tool("fdtget", "-p", baseline, "/resources/memory@0").split()
+    assert "acpi-hid" not in tool("fdtget", "-p", baseline, "/resources/devices/uart").split()
     assert tool("fdtget", "-t", "x", baseline, "/resources/memory@1", "size").split() == ["0", "1000"]
     assert tool("fdtget", "-t", "x", baseline, "/resources/devices/nic1", "vendor-id").strip() == "8086"
     assert tool("fdtget", "-l", baseline, "/").split() == ["resources"]  # no aliases without an alias
@@ -144,3 +146,14 @@ def test_outputs_are_reproducible_across_work_dirs(tmp_path: Path) -> None:
     first = {f.member: f.path.read_bytes() for f in build_devicetree(recipe, tmp_path / "a")}
     second = {f.member: f.path.read_bytes() for f in build_devicetree(recipe, tmp_path / "b" / "deeper")}
     assert first == second and len(first) == 4
+
+
+def test_an_overlay_over_one_page_is_refused_and_not_written(tmp_path: Path) -> None:
+    """overlays/new takes one kernfs page per write (overlay.c mk_overlay_new_write)."""
+    needs_tool("dtc")
+    requests = ", ".join(f'{{ name = "r{i}", size_bytes = 0x1000 }}' for i in range(120))
+    body = recipe_text("mk2").replace("[instance.devices.nic0]", f"preserve = [{requests}]\n[instance.devices.nic0]")
+    with pytest.raises(OverlayTooLargeError, match=r"the instance overlay is \d+ bytes; a multikernel host takes "
+                                                   "at most 4096"):
+        build_devicetree(load(tmp_path, body), tmp_path / "work")
+    assert not list((tmp_path / "work").rglob("*.dtbo"))

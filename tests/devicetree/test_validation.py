@@ -77,6 +77,19 @@ CASES = [
      "[devicetree] smt_threads: expected 1, 2, 4 or 8 threads per core, got 3 [bad-value]"),
     ("acpi-suffix", '[acpi]\ntables = ["bzImage"]\n', "tables",
      "[acpi] tables: expected .asl (compiled with iasl) or .aml tables, got 'bzImage' [bad-value]"),
+    # kernel/multikernel/{dts,baseline}.c choose every address and read PCI aliases only
+    ("mk2-instance-base", MK2.replace("memory_bytes = 0x10000000", "memory_bytes = 0x10000000\n"
+                                      "memory_base = 0x40000000"), "memory_base",
+     "[instance] memory_base: profile mk2 cannot honour a fixed base: the kernel takes instance memory from "
+     "the pool allocator and never reads memory-base (kernel/multikernel/dts.c mk_dt_parse_resources) "
+     "[unsupported]"),
+    ("mk-master-pool-base", recipe_text("mk-master").replace("numa_node = 0 }]", "numa_node = 0, base = 0x40000000 }]"),
+     "pool_memory", "[devicetree] pool_memory[0].base: profile mk-master cannot honour a fixed pool base: the "
+     "baseline's memory@N takes only size and numa-node-id and the pool picks the address "
+     "(kernel/multikernel/baseline.c mk_baseline_parse_memory) [unsupported]"),
+    ("mk2-platform-alias", MK2.replace('platform = "serial8250"', 'platform = "serial8250"\nalias = "ttyx"'),
+     'alias = "ttyx"', "[instance] devices.con0.alias: profile mk2 reads aliases of PCI devices only "
+     "(kernel/multikernel/dts.c mk_dt_add_pci_device) [unsupported]"),
     ("acpi-prebuilt-initrd", '[initramfs]\nimage = "bzImage"\n[acpi]\ntables = ["t.aml"]\n', "tables",
      "[acpi] tables: tables go into the early segment of a built initramfs, but [initramfs] image is prebuilt "
      "[conflicting-keys]"),

@@ -2,8 +2,9 @@
 handling, the stdlib-only rule, and the multikernel steps that need no kernel.
 
 Nothing here calls kexec_file_load or reboot on the build machine; the real calls are
-exercised inside QEMU by tests/qemu.  The multikernel tests use a fake kernfs tree (a
-temp directory), because no multikernel kernel can run here."""
+exercised inside QEMU by tests/qemu.  The multikernel protocol runs end to end against
+the kernfs stand-in in test_multikernel_double.py, because no multikernel kernel can
+run here."""
 
 from __future__ import annotations
 
@@ -104,42 +105,41 @@ def test_debian_interpreter_runs_the_loader_isolated() -> None:
     assert done.returncode == 2 and "--kernel is required" in done.stderr
 
 
-# --- multikernel steps on a fake kernfs (no multikernel kernel can run here) ----------
+# --- multikernel steps on LiveHost over a plain directory (a real file tree) ---------------
 
 @pytest.fixture
-def fake_kernfs(tmp_path: Path) -> multikernel.Profile:
-    return multikernel.Profile("fake", root=str(tmp_path / "mk"), overlays=True, loaded_state="loaded",
-                               can_halt=True)
+def plain_root(tmp_path: Path) -> multikernel.LiveHost:
+    return multikernel.LiveHost(str(tmp_path / "mk"), filesystems=str(tmp_path / "filesystems"))
 
 
-def test_stock_host_without_the_filesystem_is_unsupported(tmp_path: Path, fake_kernfs: multikernel.Profile) -> None:
+def test_stock_host_without_the_filesystem_is_unsupported(tmp_path: Path, plain_root: multikernel.LiveHost) -> None:
     filesystems = tmp_path / "filesystems"
     filesystems.write_text("nodev\tsysfs\nnodev\ttmpfs\nnodev\tproc\n\text4\n")
     with pytest.raises(UnsupportedHost, match="lacks multikernel support"):
-        multikernel.ensure_mounted(fake_kernfs, str(filesystems))
+        multikernel.ensure_mounted(plain_root)
     filesystems.write_text("nodev\tsysfs\nnodev\tmultikernel\n")
     assert multikernel.has_filesystem(str(filesystems))
 
 
-def test_mounted_filesystem_is_reused(tmp_path: Path, fake_kernfs: multikernel.Profile) -> None:
-    Path(fake_kernfs.root).mkdir()
-    (Path(fake_kernfs.root) / "device_tree").write_bytes(b"")
-    multikernel.ensure_mounted(fake_kernfs, str(tmp_path / "absent"))  # no mount attempted
+def test_mounted_filesystem_is_reused(plain_root: multikernel.LiveHost) -> None:
+    Path(plain_root.root).mkdir()
+    (Path(plain_root.root) / "device_tree").write_bytes(b"")
+    multikernel.ensure_mounted(plain_root)  # no mount attempted (the filesystems file does not exist)
 
 
-def test_status_is_polled_by_rereading(fake_kernfs: multikernel.Profile) -> None:
-    instance = Path(fake_kernfs.root) / "instances" / "demo"
+def test_status_is_polled_by_rereading(plain_root: multikernel.LiveHost) -> None:
+    instance = Path(plain_root.root) / "instances" / "demo"
     instance.mkdir(parents=True)
     (instance / "status").write_text("ready\n")
     (instance / "id").write_text("7\n")
-    assert multikernel.instance_id(fake_kernfs, "demo") == 7
+    assert multikernel.instance_id(plain_root, "demo") == 7
     timer = threading.Timer(0.2, lambda: (instance / "status").write_text("loaded\n"))
     timer.start()
     started = time.monotonic()
-    assert multikernel.wait_status(fake_kernfs, "demo", "loaded", 5.0, poll_s=0.02) == "loaded"
+    assert multikernel.wait_status(plain_root, "demo", "loaded", 5.0, poll_s=0.02) == "loaded"
     assert 0.1 < time.monotonic() - started < 4
-    assert multikernel.wait_status(fake_kernfs, "demo", "active", 0.1, poll_s=0.02) == "loaded"
-    assert multikernel.status(fake_kernfs, "gone") == "absent"
+    assert multikernel.wait_status(plain_root, "demo", "active", 0.1, poll_s=0.02) == "loaded"
+    assert multikernel.status(plain_root, "gone") == "absent"
 
 
 def test_console_lines_are_forwarded_until_the_marker() -> None:
