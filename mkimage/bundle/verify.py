@@ -83,7 +83,6 @@ def _instance_dict(handover: Handover | None) -> dict[str, object] | None:
         "id": inst.id,
         "cpus": list(inst.cpus),
         "memory_bytes": inst.memory_bytes,
-        "memory_base": inst.memory_base,
         "numa_nodes": list(inst.numa_nodes),
         "preserve": [{"name": n, "size_bytes": size} for n, size in handover.preserve],
     }

@@ -117,8 +117,6 @@ def _instance_lines(report: BundleReport) -> list[str]:
     inst = report.handover.instance
     cpus = ", ".join(str(c) for c in inst.cpus) or "placed by the host"
     memory = f"{inst.memory_bytes:#x} bytes" if inst.memory_bytes is not None else "unset"
-    if inst.memory_base is not None:
-        memory += f" at {inst.memory_base:#x}"
     return [f"instance:       {inst.name} (id {inst.id})", f"  cpus (APIC):  {cpus}", f"  memory:       {memory}"]
 
 

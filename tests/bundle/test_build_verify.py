@@ -405,7 +405,7 @@ tables = ["t.asl"]
     assert handover.instance is not None and handover.instance.cpus == (2, 3)
     dts = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(tmp_path / "handover.dtb")],
                          capture_output=True, text=True, check=True).stdout
-    assert 'compatible = "mkspawn,handover-v1"' in dts
+    assert 'compatible = "mkspawn,handover-v2"' in dts
 
 
 def test_recipe_names_its_signing_key_and_passphrase_file(tmp_path: Path, synthetic_kernel: Path,
