@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from mkimage.initramfs.build import build_initramfs
 from mkimage.initramfs.reader import CpioMember, read_initramfs
 from mkimage.recipe.model import Compression, InitramfsSpec, TreeItem
 from tests.conftest import needs_tool
-from tests.initramfs.initramfs_helpers import cpio_extract
+from tests.initramfs.initramfs_helpers import boot_serial, cpio_extract
 
 EPOCH = 1_600_000_000
 BLOB_BYTES = 256 * 1024  # large enough to take the writer's in-kernel copy path
@@ -85,3 +88,19 @@ def test_link_groups_pack_byte_identically_whatever_the_host_inodes(tmp_path: Pa
         make_tree(tmp_path / run / "tree", tmp_path / run / "outside", blob, reverse=reverse)
         archives.append(build(tmp_path / run / "tree", tmp_path / run / "initrd"))
     assert archives[0] == archives[1]
+
+
+@pytest.mark.slow
+def test_the_kernel_unpacks_the_link_group_as_one_inode(tmp_path: Path, debian_kernel: Path) -> None:
+    needs_tool("qemu-system-x86_64")
+    needs_tool("busybox")
+    blob = os.urandom(BLOB_BYTES)
+    (tmp_path / "outside").mkdir()
+    make_tree(tmp_path / "tree", tmp_path / "outside", blob)
+    names = " ".join(f"/usr/{name}" for name in GROUP)
+    command = (f"echo links=$(stat -c %h {names} | sort -u) inodes=$(stat -c %i {names} | sort -u | wc -l) "
+               f"sums=$(md5sum {names} | cut -d' ' -f1 | sort -u)")
+    spec = InitramfsSpec(compression=Compression.GZIP, command=command, trees=[TreeItem(tmp_path / "tree", "/usr")])
+    initrd = build_initramfs(spec, tmp_path / "initrd.img", source_date_epoch=EPOCH).path
+    serial = boot_serial(debian_kernel, initrd)
+    assert f"links=3 inodes=1 sums={hashlib.md5(blob).hexdigest()}" in serial, serial[-2000:]
