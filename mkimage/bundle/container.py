@@ -10,6 +10,7 @@ the signatures are returned with the exact manifest bytes they must be verified 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +24,24 @@ from mkimage.bundle.manifest import (
     Signature,
 )
 from mkimage.bundle.tarball import (
+    BLOCK_SIZE,
     MTIME_FIELD_OFFSET,
     SIZE_FIELD_OFFSET,
     MemberHeader,
     iter_data,
+    padded_size,
     read_members,
     write_archive,
 )
 from mkimage.errors import FormatError
 
 # Bounds on what is read into memory before anything is verified; real manifests are a
-# few KiB and the largest signature (RSA-4096 PSS) is about 1.1 KiB of JSON.
+# few KiB and the largest signature (RSA-4096 PSS) is about 1.1 KiB of JSON.  Every
+# signature is checked, so the count also bounds the public-key work an unsigned
+# stranger can make a verifier do (docs/bundle-format.md).
 MAX_MANIFEST_BYTES = 1 << 20
-MAX_SIGNATURE_BYTES = 64 << 10
+MAX_SIGNATURE_BYTES = 4 << 10
+MAX_SIGNATURES = 16
 CHUNK_SIZE = 1 << 20
 
 # A component's data: a file, or a callable streaming it (e.g. from another bundle when
@@ -43,6 +49,20 @@ CHUNK_SIZE = 1 << 20
 ComponentSource = Path | Callable[[], Iterable[bytes]]
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class BundleHead:
+    """What precedes the components: the manifest (bytes as read) and the signatures."""
+
+    manifest_bytes: bytes
+    manifest: Manifest
+    signatures: tuple[tuple[bytes, Signature], ...]
+
+
+# Called once the manifest and signatures are read and before any component is hashed,
+# so a verifier can refuse an unsigned bundle without reading gigabytes it claims.
+HeadCheck = Callable[[BundleHead], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +116,8 @@ def write_bundle(
         if len(raw) > MAX_SIGNATURE_BYTES:
             raise ValueError(f"signature by {signature.keyid} exceeds {MAX_SIGNATURE_BYTES} bytes")
         signature_members[signature.member_name] = raw
+    if len(signature_members) > MAX_SIGNATURES:
+        raise ValueError(f"{len(signature_members)} signatures, limit {MAX_SIGNATURES}")
 
     files = dict(components)
     if len(files) != len(components):
@@ -137,9 +159,14 @@ def _read_file(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def read_bundle(f: BinaryIO) -> BundleContents:
-    """Read and structurally verify a bundle from a seekable stream; FormatError if invalid."""
+def read_bundle(f: BinaryIO, check_head: HeadCheck | None = None) -> BundleContents:
+    """Read and structurally verify a bundle from a seekable stream; FormatError if invalid.
+
+    ``check_head`` sees the manifest and signatures before any component data is read.
+    """
     start = f.tell()
+    file_end = f.seek(0, os.SEEK_END)
+    f.seek(start)
     members = read_members(f)
     first = next(members, None)
     if first is None:
@@ -172,6 +199,7 @@ def read_bundle(f: BinaryIO) -> BundleContents:
             offset=first.header_offset + MTIME_FIELD_OFFSET,
             code="non-canonical-header",
         )
+    _check_claimed_sizes(manifest, first, file_end)
 
     by_path = {component.path: component for component in manifest.components}
     expected = iter(manifest.components)
@@ -179,6 +207,7 @@ def read_bundle(f: BinaryIO) -> BundleContents:
     signatures: list[tuple[bytes, Signature]] = []
     offsets: dict[str, tuple[int, int]] = {}
     previous = first.name
+    head_checked = False
     for header in members:
         if header.name.startswith(SIGNATURE_DIR):
             if offsets or header.name < previous:
@@ -187,8 +216,17 @@ def read_bundle(f: BinaryIO) -> BundleContents:
                     offset=header.header_offset,
                     code="bad-member-order",
                 )
+            if len(signatures) == MAX_SIGNATURES:
+                raise FormatError(
+                    f"more than {MAX_SIGNATURES} signature members",
+                    offset=header.header_offset,
+                    code="too-many-signatures",
+                )
             signatures.append(_read_signature(f, header))
         else:
+            if not head_checked and check_head is not None:
+                check_head(BundleHead(manifest_bytes, manifest, tuple(signatures)))
+            head_checked = True
             component = by_path.get(header.name)
             if component is None:
                 raise FormatError(
@@ -207,12 +245,27 @@ def read_bundle(f: BinaryIO) -> BundleContents:
             f"component {pending.path!r} named in the manifest is missing",
             code="missing-member",
         )
+    if not head_checked and check_head is not None:
+        check_head(BundleHead(manifest_bytes, manifest, tuple(signatures)))
     return BundleContents(
         manifest_bytes=manifest_bytes,
         manifest=manifest,
         signatures=tuple(signatures),
         component_offsets=offsets,
     )
+
+
+def _check_claimed_sizes(manifest: Manifest, first: MemberHeader, file_end: int) -> None:
+    """The components the manifest claims must fit in the file, before any is read."""
+    after_manifest = first.data_offset + padded_size(first.size)
+    claimed = sum(BLOCK_SIZE + padded_size(c.size) for c in manifest.components)
+    if after_manifest + claimed > file_end:
+        raise FormatError(
+            f"the manifest's components need {claimed} bytes but the file has "
+            f"{max(0, file_end - after_manifest)} after {MANIFEST_MEMBER}",
+            offset=first.header_offset,
+            code="truncated",
+        )
 
 
 def iter_component(

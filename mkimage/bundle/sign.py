@@ -2,6 +2,10 @@
 
 The manifest bytes are kept exactly; only signature members change, so a bundle
 signed by several parties (CI, then a release key) stays byte-identical elsewhere.
+
+A signature already in the bundle that does not verify under a key the signer knows
+(the trust store, or one of the signing keys) means the manifest was changed after it
+was signed; signing it again would vouch for the change, so it is refused.
 """
 
 from __future__ import annotations
@@ -11,19 +15,41 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mkimage.bundle.build import make_signature
-from mkimage.bundle.container import iter_component, write_bundle
+from mkimage.bundle.container import MAX_SIGNATURES, BundleHead, iter_component, write_bundle
 from mkimage.bundle.manifest import Signature
-from mkimage.bundle.verify import opened_bundle
+from mkimage.bundle.verify import SigStatus, check_signatures, opened_bundle
+from mkimage.errors import UsageError, VerifyError
 from mkimage.outputs import atomic_output
-from mkimage.signing.keys import PrivateKey
+from mkimage.signing.keys import PrivateKey, key_id
+from mkimage.signing.trust import TrustedKey, TrustStore
 
 
-def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey]) -> None:
-    with opened_bundle(path) as (f, contents):
+def _known_keys(trust: TrustStore, signers: Sequence[PrivateKey], path: Path) -> TrustStore:
+    keys = dict(trust.keys)
+    for key in signers:
+        public = key.public_key()
+        keys.setdefault(key_id(public), TrustedKey(key_id(public), public, path))
+    return TrustStore(trust.directory, keys)
+
+
+def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey], trust: TrustStore | None = None) -> None:
+    known = _known_keys(trust or TrustStore(None), signers, path)
+
+    def check_head(head: BundleHead) -> None:
+        for report in check_signatures(head, known):
+            if report.status is SigStatus.INVALID:
+                raise VerifyError(
+                    f"{path}: the signature by {report.keyid[:16]}… does not verify over the manifest "
+                    "(changed after it was signed); refusing to sign it", code="bad-signature")
+
+    with opened_bundle(path, check_head) as (f, contents):
         by_keyid: dict[str, bytes] = {sig.keyid: raw for raw, sig in contents.signatures}
         for key in signers:
             raw = make_signature(key, contents.manifest_bytes)
             by_keyid[Signature.from_bytes(raw).keyid] = raw
+        if len(by_keyid) > MAX_SIGNATURES:
+            raise UsageError(f"{path}: {len(by_keyid)} signatures would exceed the limit of {MAX_SIGNATURES}",
+                             code="too-many-signatures")
         components = [
             (c.path, functools.partial(iter_component, f, contents, c.path))
             for c in contents.manifest.components

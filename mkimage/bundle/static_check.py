@@ -13,7 +13,7 @@ from pathlib import Path
 from mkimage.bundle.container import iter_component
 from mkimage.bundle.manifest import Role
 from mkimage.bundle.tarball import BLOCK_SIZE
-from mkimage.bundle.verify import opened_bundle
+from mkimage.bundle.verify import open_regular, opened_bundle
 from mkimage.errors import FormatError, InputError
 from mkimage.kernel.contract import ContractReport, check_image
 from mkimage.kernel.release import embedded_config, kernel_release
@@ -46,10 +46,11 @@ def _is_bundle(head: bytes) -> bool:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}", code="no-such-file") from None
+    with open_regular(path, "image") as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror}", code="unreadable-input") from None
 
 
 def _bundle_image(path: Path) -> tuple[bytes, str, str, str, bytes]:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import json
+import os
+import stat
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from mkimage.bundle.container import BundleContents, iter_component, read_bundle
+from mkimage.bundle.container import BundleContents, BundleHead, HeadCheck, iter_component, read_bundle
 from mkimage.bundle.manifest import Manifest, Role, Signature, version_key
+from mkimage.bundle.roles import check_content_types, check_roles
 from mkimage.errors import FormatError, InputError, MkspawnError, RollbackError, VerifyError
 from mkimage.handover.binding import Handover, decode_handover
 from mkimage.outputs import write_atomic
@@ -24,6 +29,7 @@ from mkimage.signing.trust import TrustStore
 
 STATE_TYPE = "mkspawn-rollback-state"
 MAX_CMDLINE_SHOWN = 4096
+MAX_STATE_BYTES = 1 << 20
 
 
 class SigStatus(enum.StrEnum):
@@ -88,18 +94,53 @@ def _instance_dict(handover: Handover | None) -> dict[str, object] | None:
     }
 
 
-@contextlib.contextmanager
-def opened_bundle(path: Path) -> Iterator[tuple[BinaryIO, BundleContents]]:
-    """The open file and its structurally verified contents; errors name the file."""
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO or pipe"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading, refused (InputError) unless it is a seekable regular file.
+
+    Opened non-blocking first, so a FIFO without a writer is refused instead of hanging.
+    """
     try:
-        f = path.open("rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise InputError(f"{path}: cannot open bundle: {e.strerror}", code="no-such-file") from None
-    with f:
+        code = "no-such-file" if e.errno == errno.ENOENT else "unreadable-input"
+        raise InputError(f"{path}: cannot open {what}: {e.strerror}", code=code) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), None)
+        if kind is not None or not stat.S_ISREG(mode):
+            raise InputError(f"{path}: {what} is {kind or 'not a regular file'}, expected a regular file",
+                             code="not-a-regular-file")
         try:
-            contents = read_bundle(f)
+            os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError as e:
+            # /proc and similar pseudo-files: regular by type, but no length to check against.
+            raise InputError(f"{path}: {what} is not seekable ({e.strerror}), expected a regular file",
+                             code="not-a-regular-file") from None
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def opened_bundle(path: Path, check_head: HeadCheck | None = None) -> Iterator[tuple[BinaryIO, BundleContents]]:
+    """The open file and its structurally verified contents; errors name the file.
+
+    ``check_head`` runs before any component is hashed (see ``read_bundle``).
+    """
+    with open_regular(path, "bundle") as f:
+        try:
+            contents = read_bundle(f, check_head)
         except FormatError as e:
             raise VerifyError(f"{path}: {e.message}", code=e.code) from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read bundle: {e.strerror}", code="unreadable-input") from None
         yield f, contents
 
 
@@ -110,6 +151,10 @@ def _check_signature(raw_sig: Signature, manifest_bytes: bytes, trust: TrustStor
     ok = verify_bytes(trusted.key, str(raw_sig.scheme), manifest_bytes, raw_sig.sig_bytes)
     status = SigStatus.TRUSTED if ok else SigStatus.INVALID
     return SignatureReport(raw_sig.keyid, str(raw_sig.scheme), status, str(trusted.source))
+
+
+def check_signatures(head: BundleHead, trust: TrustStore) -> tuple[SignatureReport, ...]:
+    return tuple(_check_signature(s, head.manifest_bytes, trust) for _, s in head.signatures)
 
 
 def _member(f: BinaryIO, contents: BundleContents, role: Role) -> bytes | None:
@@ -134,33 +179,57 @@ def _handover(f: BinaryIO, contents: BundleContents, path: Path) -> Handover | N
         raise VerifyError(f"{path}: handover.dtb: {e.message}", code=e.code) from None
 
 
+def _report(path: Path, f: BinaryIO, contents: BundleContents, sigs: tuple[SignatureReport, ...]) -> BundleReport:
+    size = os.fstat(f.fileno()).st_size
+    return BundleReport(path, size, contents.manifest, sigs, _cmdline(f, contents), _handover(f, contents, path))
+
+
 def inspect_bundle(path: Path, trust: TrustStore) -> BundleReport:
     """Structure and digests are checked; signatures are reported, not required."""
     with opened_bundle(path) as (f, contents):
-        sigs = tuple(_check_signature(s, contents.manifest_bytes, trust) for _, s in contents.signatures)
-        cmdline = _cmdline(f, contents)
-        handover = _handover(f, contents, path)
-    return BundleReport(path, path.stat().st_size, contents.manifest, sigs, cmdline, handover)
+        sigs = check_signatures(BundleHead(contents.manifest_bytes, contents.manifest, contents.signatures), trust)
+        return _report(path, f, contents, sigs)
 
 
-def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = None) -> BundleReport:
-    """Accept only a structurally valid bundle with a valid signature by a trusted key,
-    no invalid signature claiming a trusted key, and no version rollback."""
-    report = inspect_bundle(path, trust)
-    if not report.signatures:
+def require_trusted(path: Path, sigs: tuple[SignatureReport, ...], trust: TrustStore) -> None:
+    """At least one valid signature by a trusted key and no invalid one claiming a trusted key."""
+    if not sigs:
         raise VerifyError(f"{path}: bundle is not signed", code="unsigned")
-    for sig in report.signatures:
+    for sig in sigs:
         if sig.status is SigStatus.INVALID:
             raise VerifyError(
                 f"{path}: signature by trusted key {sig.keyid[:16]}… does not verify over the manifest "
                 "(tampered manifest or wrong key)",
                 code="bad-signature",
             )
-    if not report.trusted_by:
-        ids = ", ".join(s.keyid[:16] + "…" for s in report.signatures)
+    if not any(s.status is SigStatus.TRUSTED for s in sigs):
+        ids = ", ".join(s.keyid[:16] + "…" for s in sigs)
         where = f"trust store {trust.directory}" if trust.directory else "the trust store"
         raise VerifyError(f"{path}: signed only by untrusted key(s) {ids}; {where} has {len(trust.keys)} key(s)",
                           code="untrusted-key")
+
+
+def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = None) -> BundleReport:
+    """Accept only a structurally valid bundle with a valid signature by a trusted key,
+    no invalid signature claiming a trusted key, components whose roles and media types
+    agree with their bytes, and no version rollback.
+
+    Signatures and role rules are checked before any component is hashed, and the state
+    file is checked (readable, writable) before the bundle is read at all.
+    """
+    if state_file is not None:
+        _read_state(state_file)
+        _probe_writable(state_file)
+    sigs: list[SignatureReport] = []
+
+    def check_head(head: BundleHead) -> None:
+        sigs.extend(check_signatures(head, trust))
+        require_trusted(path, tuple(sigs), trust)
+        check_roles(path, head.manifest)
+
+    with opened_bundle(path, check_head) as (f, contents):
+        check_content_types(path, f, contents)
+        report = _report(path, f, contents, tuple(sigs))
     if state_file is not None:
         _check_rollback(path, report.manifest, state_file)
     return report
@@ -169,16 +238,40 @@ def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = No
 # ---- rollback protection --------------------------------------------------------
 
 def _read_state(state_file: Path) -> dict[str, str]:
-    if not state_file.exists():
+    """The recorded versions; a damaged state file is the operator's input error (exit 2)."""
+    if not os.path.lexists(state_file):
         return {}
-    try:
-        data = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{state_file}: unreadable rollback state: {e}", code="bad-state") from None
+    with open_regular(state_file, "rollback state") as f:
+        try:
+            data = json.loads(f.read(MAX_STATE_BYTES + 1).decode("utf-8"))
+        except OSError as e:
+            raise InputError(f"{state_file}: cannot read rollback state: {e.strerror}", code="bad-state") from None
+        except ValueError as e:
+            raise InputError(f"{state_file}: rollback state is not JSON: {e}", code="bad-state") from None
     recipes = data.get("recipes") if isinstance(data, dict) and data.get("_type") == STATE_TYPE else None
     if not isinstance(recipes, dict) or not all(isinstance(v, str) for v in recipes.values()):
         raise InputError(f"{state_file}: not a mkspawn rollback state file", code="bad-state")
+    for name, version in recipes.items():
+        try:
+            version_key(version)
+        except ValueError as e:
+            raise InputError(f"{state_file}: recorded version of {name!r}: {e}", code="bad-state") from None
     return dict(recipes)
+
+
+def _probe_writable(state_file: Path) -> None:
+    """Fail before verifying when the state could not be recorded afterwards: create and
+    remove a temp file where ``write_atomic`` will create its own."""
+    parent = state_file.absolute().parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent  # write_atomic creates the missing directories
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{state_file.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{state_file}: rollback state cannot be written in {parent}: {e.strerror}",
+                         code="state-not-writable") from None
 
 
 def _check_rollback(path: Path, manifest: Manifest, state_file: Path) -> None:
@@ -196,4 +289,10 @@ def _check_rollback(path: Path, manifest: Manifest, state_file: Path) -> None:
 
 def _write_state(state_file: Path, recipes: Mapping[str, str]) -> None:
     body = {"_type": STATE_TYPE, "recipes": dict(sorted(recipes.items()))}
-    write_atomic(state_file, (json.dumps(body, indent=2) + "\n").encode())
+    try:
+        write_atomic(state_file, (json.dumps(body, indent=2) + "\n").encode())
+    except OSError as e:
+        # The probe passed, yet the rename failed (an immutable file, a full disk): the
+        # bundle verified but its version is not recorded, so it is not accepted either.
+        raise InputError(f"{state_file}: cannot record the verified version: {e.strerror}",
+                         code="state-not-writable") from None

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 
 from mkimage.bundle.build import make_signature
-from mkimage.bundle.container import write_bundle
-from mkimage.bundle.manifest import Component, Manifest, Provenance, Role
 from mkimage.bundle.verify import verify_bundle
 from mkimage.errors import ExitCode, MkspawnError, VerifyError
 from mkimage.handover.binding import decode_handover
 from mkimage.kernel.elfnote import MK_NOTE_TYPE
 from mkimage.signing.keys import PassphraseSource, load_private_key
 from mkimage.signing.trust import load_trust_store
+from tests.bundle.forge import write_signed
 from tests.conftest import BzImageFactory
 from tests.conftest import run_mkspawn as mkspawn
 
@@ -124,28 +123,8 @@ def test_source_date_epoch_from_env_reaches_the_bundle(tmp_path: Path, synthetic
 
 
 def small_bundle(tmp_path: Path) -> Path:
-    """A few hundred bytes of components, signed, written by the real writer."""
-    parts = {"cmdline": b"console=ttyS0", "initrd": b"070701" + b"0" * 58}
-    files = []
-    for name, data in parts.items():
-        (tmp_path / name).write_bytes(data)
-        files.append((name, tmp_path / name))
-    import hashlib
-    manifest = Manifest.build(
-        recipe_name="flip", recipe_version="1.0", arch="x86_64", abi_profile="none",  # type: ignore[arg-type]
-        kernel_release="6.12.0",
-        components=[Component(Role(name), name, len(data), hashlib.sha256(data).hexdigest(),
-                              "text/plain" if name == "cmdline" else "application/x-cpio")
-                    for name, data in parts.items()],
-        provenance=Provenance(source_date_epoch=EPOCH, mkspawn_version="test", tools={}, inputs=(),
-                              config_sha256=""),
-    )
-    mbytes = manifest.to_bytes()
-    key = load_private_key(KEYS / "test-ed25519.pem", PassphraseSource(), {})
-    out = tmp_path / "small.mkb"
-    with out.open("wb") as f:
-        write_bundle(f, mbytes, [make_signature(key, mbytes)], files, EPOCH)
-    return out
+    """A few KiB of components (the smallest bzImage that passes, cmdline, initrd), signed."""
+    return write_signed(tmp_path / "small.mkb")
 
 
 def test_every_single_byte_flip_is_rejected(tmp_path: Path, trust: Path) -> None:
