@@ -118,26 +118,28 @@ def artifact_for(contents: BundleContents) -> Artifact:
     return Artifact(canonical_json(document), config, tuple(layers))
 
 
-def _reject(where: str, what: str, code: str = "bad-oci-manifest") -> VerifyError:
-    return VerifyError(f"{where}: {what}", code=code)
+def _at(where: str, what: str) -> str:
+    return f"{where}: {what}"
 
 
 def _descriptor(value: object, where: str, field: str) -> Descriptor:
     if not isinstance(value, Mapping):
-        raise _reject(where, f"{field}: expected an object")
+        raise VerifyError(_at(where, f"{field}: expected an object"), code="bad-oci-manifest")
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
     if not isinstance(media_type, str) or not media_type:
-        raise _reject(where, f"{field}.mediaType: expected a string")
+        raise VerifyError(_at(where, f"{field}.mediaType: expected a string"), code="bad-oci-manifest")
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise _reject(where, f"{field}.digest: observed {digest!r}, expected sha256:<64 lowercase hex>")
+        raise VerifyError(_at(where, f"{field}.digest: observed {digest!r}, expected sha256:<64 lowercase hex>"),
+                          code="bad-oci-manifest")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise _reject(where, f"{field}.size: observed {size!r}, expected a non-negative integer")
+        raise VerifyError(_at(where, f"{field}.size: observed {size!r}, expected a non-negative integer"),
+                          code="bad-oci-manifest")
     annotations = value.get("annotations", {})
     if not isinstance(annotations, Mapping):
-        raise _reject(where, f"{field}.annotations: expected an object")
+        raise VerifyError(_at(where, f"{field}.annotations: expected an object"), code="bad-oci-manifest")
     title = annotations.get(TITLE)
     if title is not None and not isinstance(title, str):
-        raise _reject(where, f"{field}.annotations[{TITLE}]: expected a string")
+        raise VerifyError(_at(where, f"{field}.annotations[{TITLE}]: expected a string"), code="bad-oci-manifest")
     return Descriptor(media_type, digest, size, title)
 
 
@@ -148,29 +150,34 @@ def parse_artifact(data: bytes, where: str) -> Artifact:
     digest is over the bytes as served, never a re-encoding.
     """
     if len(data) > MAX_OCI_MANIFEST_BYTES:
-        raise _reject(where, f"manifest is {len(data)} bytes, limit {MAX_OCI_MANIFEST_BYTES}", "blob-too-large")
+        raise VerifyError(_at(where, f"manifest is {len(data)} bytes, limit {MAX_OCI_MANIFEST_BYTES}"),
+                          code="blob-too-large")
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _reject(where, f"manifest is not JSON: {e}") from None
+        raise VerifyError(_at(where, f"manifest is not JSON: {e}"), code="bad-oci-manifest") from None
     if not isinstance(doc, dict):
-        raise _reject(where, "manifest is not a JSON object")
+        raise VerifyError(_at(where, "manifest is not a JSON object"), code="bad-oci-manifest")
     if doc.get("schemaVersion") != 2:
-        raise _reject(where, f"schemaVersion: observed {doc.get('schemaVersion')!r}, expected 2")
+        raise VerifyError(_at(where, f"schemaVersion: observed {doc.get('schemaVersion')!r}, expected 2"),
+                          code="bad-oci-manifest")
     if doc.get("mediaType", OCI_MANIFEST_MEDIA_TYPE) != OCI_MANIFEST_MEDIA_TYPE:
-        raise _reject(where, f"mediaType: observed {doc.get('mediaType')!r}, expected {OCI_MANIFEST_MEDIA_TYPE}")
+        raise VerifyError(_at(where, f"mediaType: observed {doc.get('mediaType')!r}, "
+                                     f"expected {OCI_MANIFEST_MEDIA_TYPE}"),
+                          code="bad-oci-manifest")
     if doc.get("artifactType") != ARTIFACT_TYPE:
-        raise _reject(where, f"artifactType: observed {doc.get('artifactType')!r}, expected {ARTIFACT_TYPE} "
-                      "(not a mkspawn bundle)", "not-a-bundle")
+        raise VerifyError(_at(where, f"artifactType: observed {doc.get('artifactType')!r}, expected {ARTIFACT_TYPE} "
+                      "(not a mkspawn bundle)"), code="not-a-bundle")
     config = _descriptor(doc.get("config"), where, "config")
     if config.media_type != CONFIG_MEDIA_TYPE:
-        raise _reject(where, f"config.mediaType: observed {config.media_type!r}, expected {CONFIG_MEDIA_TYPE}",
-                      "layer-mismatch")
+        raise VerifyError(_at(where, f"config.mediaType: observed {config.media_type!r}, expected {CONFIG_MEDIA_TYPE}"),
+                          code="layer-mismatch")
     if config.size > MAX_CONFIG_BYTES:
-        raise _reject(where, f"config blob is {config.size} bytes, limit {MAX_CONFIG_BYTES}", "blob-too-large")
+        raise VerifyError(_at(where, f"config blob is {config.size} bytes, limit {MAX_CONFIG_BYTES}"),
+                          code="blob-too-large")
     layers = doc.get("layers")
     if not isinstance(layers, list):
-        raise _reject(where, "layers: expected an array")
+        raise VerifyError(_at(where, "layers: expected an array"), code="bad-oci-manifest")
     return Artifact(data, config, tuple(_descriptor(v, where, f"layers[{i}]") for i, v in enumerate(layers)))
 
 
@@ -187,46 +194,49 @@ def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[by
         raise VerifyError(f"{where}: config blob: {e.message}", code=e.code) from None
     signature_layers = tuple(layer for layer in artifact.layers if layer.media_type == SIGNATURE_MEDIA_TYPE)
     if artifact.layers[: len(signature_layers)] != signature_layers:
-        raise _reject(where, "signature layers must come before the component layers", "layer-mismatch")
+        raise VerifyError(_at(where, "signature layers must come before the component layers"), code="layer-mismatch")
     if len(signatures) != len(signature_layers):
         raise ValueError("one signature blob per signature layer")
     titles = [layer.title for layer in signature_layers]
     if len(set(titles)) != len(titles) or titles != sorted(t or "" for t in titles):
-        raise _reject(where, "signature layers are not unique and sorted by title", "layer-mismatch")
+        raise VerifyError(_at(where, "signature layers are not unique and sorted by title"), code="layer-mismatch")
     for layer, raw in zip(signature_layers, signatures, strict=True):
         if layer.size > MAX_SIGNATURE_BYTES:
-            raise _reject(where, f"signature layer {layer} exceeds {MAX_SIGNATURE_BYTES} bytes", "blob-too-large")
+            raise VerifyError(_at(where, f"signature layer {layer} exceeds {MAX_SIGNATURE_BYTES} bytes"),
+                              code="blob-too-large")
         try:
             signature = Signature.from_bytes(raw, what=str(layer.title))
         except FormatError as e:
             raise VerifyError(f"{where}: {e.message}", code=e.code) from None
         if layer.title != signature.member_name:
-            raise _reject(where, f"signature layer titled {layer.title!r} holds a signature by {signature.keyid}",
-                          "layer-mismatch")
+            raise VerifyError(_at(where, f"signature layer titled {layer.title!r} holds a signature by "
+                                         f"{signature.keyid}"),
+                              code="layer-mismatch")
 
     rest = artifact.layers[len(signature_layers) :]
     titles = [layer.title for layer in rest]
     paths = [c.path for c in manifest.components]
     for path in paths:
         if path not in titles:
-            raise _reject(where, f"no layer for component {path!r} named in the config", "missing-layer")
+            raise VerifyError(_at(where, f"no layer for component {path!r} named in the config"), code="missing-layer")
     for layer in rest:
         if layer.title in paths:
             continue
         if layer.title is not None and layer.title.startswith(SIGNATURE_DIR):
-            raise _reject(where, f"layer {layer}: media type {layer.media_type!r} for a signature, expected "
-                          f"{SIGNATURE_MEDIA_TYPE}", "layer-mismatch")
-        raise _reject(where, f"layer {layer} is not a component of the config", "extra-layer")
+            raise VerifyError(_at(where, f"layer {layer}: media type {layer.media_type!r} for a signature, expected "
+                          f"{SIGNATURE_MEDIA_TYPE}"), code="layer-mismatch")
+        raise VerifyError(_at(where, f"layer {layer} is not a component of the config"), code="extra-layer")
     if titles != paths:
-        raise _reject(where, f"component layers are {titles}, expected {paths} (the config's order, once each)",
-                      "layer-mismatch")
+        raise VerifyError(_at(where, f"component layers are {titles}, expected {paths} "
+                                     "(the config's order, once each)"),
+                          code="layer-mismatch")
     pairs: list[tuple[Component, Descriptor]] = []
     for component, layer in zip(manifest.components, rest, strict=True):
         for field, observed, wanted in (("media type", layer.media_type, component.media_type),
                                         ("digest", layer.digest, f"sha256:{component.sha256}"),
                                         ("size", layer.size, component.size)):
             if observed != wanted:
-                raise _reject(where, f"layer {component.path!r} {field}: observed {observed!r}, "
-                              f"expected {wanted!r} from the config", "layer-mismatch")
+                raise VerifyError(_at(where, f"layer {component.path!r} {field}: observed {observed!r}, "
+                              f"expected {wanted!r} from the config"), code="layer-mismatch")
         pairs.append((component, layer))
     return BundlePlan(config_bytes, manifest, signature_layers, tuple(pairs))
