@@ -13,6 +13,7 @@ from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
 from mkimage.commands.options import (
     F,
     echo_json,
+    input_file,
     json_option,
     load_trust,
     recipe_argument,
@@ -24,7 +25,7 @@ from mkimage.errors import UsageError
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.keys import PassphraseSource, PrivateKey, key_id, load_private_key
 
-bundle_path = click.Path(path_type=Path, dir_okay=False)
+bundle_path = click.Path(path_type=Path, dir_okay=False)  # an output: refused early when a directory
 
 
 def _key_options(f: F) -> F:
@@ -68,22 +69,26 @@ def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path
 
 
 @click.command("sign")
-@click.argument("bundle", type=bundle_path)
+@click.argument("bundle", type=input_file)
 @click.option("--key", "keys", multiple=True, required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Private key to sign with (repeatable).")
 @click.option("-o", "--output", "out", type=bundle_path, help="Write here instead of replacing BUNDLE.")
 @_key_options
+@trust_option
 def sign(bundle: Path, keys: tuple[Path, ...], out: Path | None, passphrase_file: Path | None,
-         passphrase_env: str | None) -> None:
-    """Add signatures to a bundle (a key that already signed it is replaced)."""
+         passphrase_env: str | None, trust_dir: Path | None) -> None:
+    """Add signatures to a bundle (a key that already signed it is replaced).
+
+    Refused (exit 3) if a signature already in the bundle does not verify under a key
+    of the trust store or a signing key: the manifest changed after it was signed."""
     signers = _load_keys(keys, passphrase_file, passphrase_env)
-    sign_bundle(bundle, out or bundle, signers)
+    sign_bundle(bundle, out or bundle, signers, load_trust(trust_dir, must_exist=False))
     for key in signers:
         click.echo(f"signed {out or bundle} with {key_id(key.public_key())}")
 
 
 @click.command("verify")
-@click.argument("bundle", type=bundle_path)
+@click.argument("bundle", type=input_file)
 @trust_option
 @state_option
 @json_option
@@ -99,7 +104,7 @@ def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_jso
 
 
 @click.command("inspect")
-@click.argument("bundle", type=bundle_path)
+@click.argument("bundle", type=input_file)
 @trust_option
 @json_option
 def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:

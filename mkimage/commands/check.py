@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
 from mkimage.bundle.static_check import StaticCheck, static_check
-from mkimage.commands.options import echo_json, json_option, load_trust, state_option, trust_option
+from mkimage.bundle.verify import verify_bundle
+from mkimage.commands.options import echo_json, input_file, json_option, load_trust, state_option, trust_option
 from mkimage.context import default_cache_root
 from mkimage.errors import BootCheckError, UsageError, VerifyError
 from mkimage.qemu.check import (
@@ -25,7 +27,7 @@ PROFILES = [p.value for p in AbiProfile]
 
 
 @click.command("check")
-@click.argument("target", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("target", type=input_file)
 @click.option("--static", "static", is_flag=True,
               help="Check the loader contract without booting (header, flags, ELF notes).")
 @click.option("--profile", type=click.Choice(PROFILES),
@@ -68,14 +70,17 @@ def check(target: Path, static: bool, profile: str | None, arch: str | None, cmd
         timeout_s = timeout_s if timeout_s is not None else float(settings.timeout_s)
         if host_kernel is None and host_recipe is None:
             host_kernel, host_recipe = settings.host_kernel, settings.host_recipe
-    trust = load_trust(trust_dir)
-    root = default_cache_root()
     if host_overrides and host_kernel is not None:
         raise UsageError("--host-set applies to a host recipe, not to --host-kernel", code="usage")
+    # The cheap refusal first: a host kernel build takes minutes.
+    started = time.monotonic()
+    report = verify_bundle(target, load_trust(trust_dir), state_file=state_file)
+    verify_s = time.monotonic() - started
+    root = default_cache_root()
     host = resolve_host_kernel(host_kernel, host_recipe, cache_root=root, overrides=host_overrides)
     options = CheckOptions(mode=Mode(mode), profile=AbiProfile(profile) if profile else None,
                            timeout_s=timeout_s or DEFAULT_TIMEOUT_S, expect=expect, log_dir=log_dir)
-    result = check_bundle(target, trust, host, options, cache_root=root, state_file=state_file)
+    result = check_bundle(target, report, host, options, cache_root=root, verify_s=verify_s)
     if as_json:
         echo_json(result.to_dict())
     else:

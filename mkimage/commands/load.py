@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from mkimage.bundle.verify import verify_bundle
-from mkimage.commands.options import load_trust, state_option, trust_option
+from mkimage.commands.options import input_file, load_trust, state_option, trust_option
 from mkimage.commands.registry import client_options, load_registry_options, pulled_for_load
 from mkimage.errors import BootCheckError
 from mkimage.loader import kexec, multikernel
@@ -24,7 +24,7 @@ from mkimage.recipe.model import AbiProfile
 
 
 @click.command("load")
-@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("bundle", type=input_file)
 @trust_option
 @state_option
 @click.option("--mode", type=click.Choice([m.value for m in Mode]), default=Mode.KEXEC.value, show_default=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mkimage.bundle.container import iter_component, read_bundle
 from mkimage.bundle.manifest import Manifest, Role
-from mkimage.bundle.verify import verify_bundle
+from mkimage.bundle.verify import BundleReport
 from mkimage.errors import InputError, VerifyError
 from mkimage.kernel.build import build_kernel
 from mkimage.qemu import hostfs
@@ -31,7 +31,6 @@ from mkimage.qemu.harness import BootRequest, boot
 from mkimage.qemu.params import X86_64_KEXEC, X86_64_MULTIKERNEL, QemuParams
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import AbiProfile
-from mkimage.signing.trust import TrustStore
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 DEFAULT_HOST_RECIPE = REPO_RECIPES / "qemu-host.toml"
@@ -234,12 +233,14 @@ def extract_payload(bundle: Path, manifest: Manifest, out_dir: Path, *, mode: Mo
                                files.get(Role.DTB), files.get(Role.DTBO))
 
 
-def check_bundle(bundle: Path, trust: TrustStore, host: HostKernel, options: CheckOptions, *,
-                 cache_root: Path, state_file: Path | None = None) -> CheckResult:
-    """Verify ``bundle`` (VerifyError if rejected), then boot-check it."""
-    started = time.monotonic()
-    report = verify_bundle(bundle, trust, state_file=state_file)
-    timings = {"verify": time.monotonic() - started}
+def check_bundle(bundle: Path, report: BundleReport, host: HostKernel, options: CheckOptions, *,
+                 cache_root: Path, verify_s: float = 0.0) -> CheckResult:
+    """Boot-check ``bundle``, which ``verify_bundle`` accepted as ``report``.
+
+    Verifying is the caller's first step, before resolving the host kernel: a bundle
+    that is refused must be refused in seconds, not after a host kernel build.
+    """
+    timings = {"verify": verify_s}
     profile = AbiProfile(str(report.manifest.abi_profile))
     chosen = options.profile or profile
     with tempfile.TemporaryDirectory(prefix="mkspawn-extract-") as tmp:
