@@ -16,6 +16,7 @@ import pytest
 
 from mkimage.errors import ExitCode
 from tests.bundle.forge import KEYS, signing_key, write_signed, write_sparse
+from tests.conftest import missing
 from tests.conftest import run_mkspawn as mkspawn
 
 
@@ -63,6 +64,43 @@ def test_state_under_a_regular_file_is_refused_before_verifying(tmp_path: Path, 
     # Refused for the state before the (unsigned, exit 3) bundle is even looked at.
     line = one_line(mkspawn("verify", unsigned, "--trust", trust, "--state", state), ExitCode.USAGE)
     assert str(state) in line and line.endswith("[state-not-writable]")
+
+
+def _chattr(flag: str, path: Path) -> None:
+    if shutil.which("chattr") is None:
+        missing("chattr is not installed (e2fsprogs)")
+    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr {flag} needs CAP_LINUX_IMMUTABLE: {done.stderr.strip()}")
+
+
+def test_immutable_state_file_fails_after_verifying_with_one_line(tmp_path: Path, bundle: Path,
+                                                                   trust: Path) -> None:
+    """The probe passes (the directory is writable); only the final rename fails."""
+    state = tmp_path / "state.json"
+    before = json.dumps({"_type": "mkspawn-rollback-state", "recipes": {"forged": "0.9"}})
+    state.write_text(before)
+    _chattr("+i", state)
+    try:
+        line = one_line(mkspawn("verify", bundle, "--trust", trust, "--state", state), ExitCode.USAGE)
+    finally:
+        _chattr("-i", state)
+    assert str(state) in line and line.endswith("[state-not-writable]")
+    assert state.read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".state.json")] == []
+
+
+def test_immutable_state_directory_is_refused_before_verifying(tmp_path: Path, trust: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    unsigned = write_signed(tmp_path / "unsigned.mkb", keys=[])
+    _chattr("+i", state_dir)
+    try:
+        line = one_line(mkspawn("verify", unsigned, "--trust", trust, "--state", state_dir / "s.json"),
+                        ExitCode.USAGE)
+    finally:
+        _chattr("-i", state_dir)
+    assert line.endswith("[state-not-writable]")
 
 
 def test_state_that_is_a_directory(tmp_path: Path, bundle: Path, trust: Path) -> None:
