@@ -87,9 +87,13 @@ def _main(argv: list[str] | None) -> int:
         return e.exit_code
     except click.exceptions.Abort:
         raise KeyboardInterrupt from None
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()  # a bare `mkspawn` or group: the help is the message
+        return ExitCode.USAGE
     except click.ClickException as e:
         # click's own usage errors (unknown option, missing argument), on one line.
-        where = f"{e.ctx.command_path}: " if isinstance(e, click.UsageError) and e.ctx else ""
+        verb = e.ctx.command_path.partition(" ")[2] if isinstance(e, click.UsageError) and e.ctx else ""
+        where = f"{verb}: " if verb else ""
         _fail(f"{where}{e.format_message()} [usage]", ExitCode.USAGE)
     except MkspawnError as e:
         if _Context.debug:
