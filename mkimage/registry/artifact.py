@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mkimage.bundle.canon import canonical_json
-from mkimage.bundle.container import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, BundleContents
+from mkimage.bundle.container import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, MAX_SIGNATURES, BundleContents
 from mkimage.bundle.manifest import SIGNATURE_DIR, Component, Manifest, Signature
 from mkimage.errors import FormatError, VerifyError
 
@@ -178,7 +178,13 @@ def parse_artifact(data: bytes, where: str) -> Artifact:
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise VerifyError(_at(where, "layers: expected an array"), code="bad-oci-manifest")
-    return Artifact(data, config, tuple(_descriptor(v, where, f"layers[{i}]") for i, v in enumerate(layers)))
+    descriptors = tuple(_descriptor(v, where, f"layers[{i}]") for i, v in enumerate(layers))
+    signed = sum(1 for d in descriptors if d.media_type == SIGNATURE_MEDIA_TYPE)
+    if signed > MAX_SIGNATURES:
+        # Refused before any is fetched: the bundle format bounds the signature work too.
+        raise VerifyError(_at(where, f"{signed} signature layers, limit {MAX_SIGNATURES}"),
+                          code="too-many-signatures")
+    return Artifact(data, config, descriptors)
 
 
 def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[bytes], where: str) -> BundlePlan:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from mkimage.bundle.container import MAX_SIGNATURES
 from mkimage.registry.artifact import CONFIG_MEDIA_TYPE, TITLE
 from tests.conftest import run_mkspawn as mkspawn
 from tests.registry.conftest import PASSWORD, USER, Registry, docker_config, running_registry
@@ -239,4 +240,25 @@ def test_oversized_manifest_and_config_are_refused(tmp_path: Path, plain_registr
     put_manifest(plain_registry, "caps/demo", "lying-size", lying)
     line = one_error_line(pull(f"{plain_registry.host}/caps/demo:lying-size", out, trust, "--insecure"), 3)
     assert line.endswith("[blob-too-large]")
+    assert_nothing_written(out)
+
+
+def test_more_signature_layers_than_a_bundle_may_hold(tmp_path: Path, plain_registry: Registry,
+                                                      bundles: dict[str, Path], trust: Path) -> None:
+    push(bundles["demo"], f"{plain_registry.host}/crafted/many:good", "--insecure")
+    manifest = get_manifest(plain_registry, "crafted/many", "good")
+    layers = manifest["layers"]
+    assert isinstance(layers, list)
+    # Well-formed signature documents by made-up keys: each one passes the format checks.
+    extra = []
+    for i in range(MAX_SIGNATURES):
+        keyid = f"f{i:063x}"
+        blob = json.dumps({"_type": "mkspawn-signature", "keyid": keyid, "scheme": "ed25519", "sig": "00" * 64},
+                          sort_keys=True, separators=(",", ":")).encode()
+        extra.append({"mediaType": layers[0]["mediaType"], **put_blob(plain_registry, "crafted/many", blob),
+                      "annotations": {TITLE: f"signatures/{keyid}.sig"}})
+    put_manifest(plain_registry, "crafted/many", "many", dict(manifest, layers=[layers[0], *extra, *layers[1:]]))
+    out = tmp_path / "x.mkb"
+    line = one_error_line(pull(f"{plain_registry.host}/crafted/many:many", out, trust, "--insecure"), 3)
+    assert line.endswith("[too-many-signatures]")
     assert_nothing_written(out)
