@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mkimage.bundle.build import build_bundle
 from mkimage.initramfs.build import build_initramfs
 from mkimage.kernel.build import build_kernel
+from mkimage.pipeline import build_bundle
 from mkimage.qemu import hostfs
 from mkimage.qemu.params import X86_64_KEXEC
 from mkimage.recipe.load import load_recipe

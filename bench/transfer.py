@@ -27,9 +27,9 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mkimage.bundle.build import make_signature  # noqa: E402
 from mkimage.bundle.container import write_bundle  # noqa: E402
 from mkimage.bundle.manifest import Component, Manifest, Provenance, Role  # noqa: E402
+from mkimage.bundle.sign import make_signature  # noqa: E402
 from mkimage.signing.keys import Algorithm, generate_key, public_key_pem  # noqa: E402
 from tests.conftest import _build_bzimage as build_bzimage  # noqa: E402
 from tests.registry.conftest import running_registry  # noqa: E402

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mkimage.bundle.build import make_signature
 from mkimage.bundle.container import write_bundle
 from mkimage.bundle.manifest import Component, Manifest, Provenance, Role
+from mkimage.bundle.sign import make_signature
 from mkimage.bundle.verify import verify_bundle
 from mkimage.signing.keys import Algorithm, generate_key, public_key_pem
 from mkimage.signing.trust import load_trust_store

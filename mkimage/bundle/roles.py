@@ -12,9 +12,9 @@ from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
 
-from mkimage.bundle.build import INITRD_MAGICS, KERNEL_MEDIA, VMLINUX_MEDIA
 from mkimage.bundle.container import BundleContents, iter_component
 from mkimage.bundle.manifest import Arch, Component, Manifest, Role
+from mkimage.bundle.media import INITRD_MAGICS, KERNEL_MEDIA, VMLINUX_MEDIA
 from mkimage.errors import VerifyError
 from mkimage.kernel.contract import ImageKind, detect_kind
 

@@ -14,14 +14,18 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from mkimage.bundle.build import make_signature
 from mkimage.bundle.container import MAX_SIGNATURES, BundleHead, iter_component, write_bundle
 from mkimage.bundle.manifest import Signature
 from mkimage.bundle.verify import SigStatus, check_signatures, opened_bundle
 from mkimage.errors import UsageError, VerifyError
 from mkimage.outputs import atomic_output
-from mkimage.signing.keys import PrivateKey, key_id
+from mkimage.signing.keys import PrivateKey, key_id, sign_bytes
 from mkimage.signing.trust import TrustedKey, TrustStore
+
+
+def make_signature(key: PrivateKey, manifest_bytes: bytes) -> bytes:
+    scheme, sig = sign_bytes(key, manifest_bytes)
+    return Signature(keyid=key_id(key.public_key()), scheme=scheme, sig=sig.hex()).to_bytes()
 
 
 def _known_keys(trust: TrustStore, signers: Sequence[PrivateKey], path: Path) -> TrustStore:

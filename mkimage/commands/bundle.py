@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from mkimage.bundle.build import build_bundle, summary
 from mkimage.bundle.sign import sign_bundle
 from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
 from mkimage.commands.options import (
@@ -22,6 +21,7 @@ from mkimage.commands.options import (
     trust_option,
 )
 from mkimage.errors import UsageError
+from mkimage.pipeline import build_bundle, summary
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.keys import PassphraseSource, PrivateKey, key_id, load_private_key
 

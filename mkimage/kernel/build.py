@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import (
     KernelCache,
@@ -36,7 +37,6 @@ from mkimage.kernel.cache import (
     fsync_tree,
     locked,
     remove_tree,
-    sha256_file,
     tool_identity,
     tree_mismatches,
 )
@@ -176,7 +176,7 @@ def _plan(spec: KernelSpec, params: ArchParams, cache: KernelCache, epoch: int, 
     request = ConfigRequest()
     base: dict[str, str] = {"target": spec.base.value}
     if spec.base_config is not None:
-        base = {"file": sha256_file(spec.base_config)}
+        base = {"file": file_sha256(spec.base_config)}
         inputs.append(("config-base", str(spec.base_config), base["file"]))
     for fragment in spec.fragments:
         data = fragment.read_bytes()
@@ -188,7 +188,7 @@ def _plan(spec: KernelSpec, params: ArchParams, cache: KernelCache, epoch: int, 
         inputs.append(("config-fragment", "[kernel.options]", hashlib.sha256(text.encode()).hexdigest()))
     if spec.trusted_keys is not None:
         request.add_options({"SYSTEM_TRUSTED_KEYS": f'"{TRUSTED_KEYS_NAME}"'}, "[kernel] trusted_keys")
-        inputs.append(("trusted-keys", str(spec.trusted_keys), sha256_file(spec.trusted_keys)))
+        inputs.append(("trusted-keys", str(spec.trusted_keys), file_sha256(spec.trusted_keys)))
 
     cross = params.toolchain_prefix(os.uname().machine)
     tools = {
@@ -357,7 +357,7 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
         "key": plan.key,
         "release": release,
         "inputs": inputs,
-        "config_sha256": sha256_file(staging / "config"),
+        "config_sha256": file_sha256(staging / "config"),
         "tools": tools,
         "make": shlex.join(compile_argv),
         "modules": modules,

@@ -27,12 +27,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage.digests import file_sha256
 from mkimage.outputs import write_atomic
 from mkimage.run import run, which
 
 log = logging.getLogger("mkspawn")
 
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +86,6 @@ def locked(path: Path, what: str) -> Iterator[None]:
         os.close(fd)  # closing drops the lock
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def digest_tree(root: Path, *, exclude: frozenset[str] = frozenset()) -> dict[str, str]:
     """sha256 of every file under ``root`` by relative POSIX path, in sorted order.
 
@@ -110,7 +102,7 @@ def digest_tree(root: Path, *, exclude: frozenset[str] = frozenset()) -> dict[st
             rel = path.relative_to(root).as_posix()
             if rel in exclude:
                 continue
-            digests[rel] = f"symlink:{os.readlink(path)}" if path.is_symlink() else sha256_file(path)
+            digests[rel] = f"symlink:{os.readlink(path)}" if path.is_symlink() else file_sha256(path)
     return dict(sorted(digests.items()))
 
 
@@ -166,7 +158,7 @@ def memo_sha256(cache: KernelCache, path: Path) -> str:
         known = memo.read_text().strip()
         if len(known) == 64:
             return known
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     write_atomic(memo, digest.encode())
     return digest
 

@@ -17,8 +17,9 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3.exceptions
 
+from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
-from mkimage.kernel.cache import KernelCache, locked, sha256_file
+from mkimage.kernel.cache import KernelCache, locked
 
 log = logging.getLogger("mkspawn")
 
@@ -101,7 +102,7 @@ def _file_name(url: str) -> str:
 
 
 def _verify(path: Path, expected: str, *, url: str) -> None:
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise InputError(
             f"kernel source {url}: sha256 mismatch: expected {expected}, got {actual}",

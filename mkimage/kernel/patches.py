@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
-from mkimage.kernel.cache import KernelCache, locked, remove_tree, sha256_file
+from mkimage.kernel.cache import KernelCache, locked, remove_tree
 from mkimage.run import run
 
 log = logging.getLogger("mkspawn")
@@ -79,7 +80,7 @@ def parse_series(series: Path) -> list[tuple[Path, int]]:
 
 
 def _patch(path: Path, strip: int) -> Patch:
-    return Patch(path, strip, sha256_file(path))
+    return Patch(path, strip, file_sha256(path))
 
 
 def patched_tree(cache: KernelCache, source_tree: Path, source_digest: str, series: PatchSeries) -> Path:

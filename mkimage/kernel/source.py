@@ -16,13 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage.digests import file_sha256
 from mkimage.errors import InputError
 from mkimage.kernel.cache import (
     KernelCache,
     locked,
     memo_sha256,
     remove_tree,
-    sha256_file,
 )
 from mkimage.kernel.fetch import fetch_url
 from mkimage.recipe.model import KernelSource
@@ -183,7 +183,7 @@ def _git_tree(cache: KernelCache, repo: str, identity: SourceIdentity) -> Source
     # digest is a content digest of the tree that provenance can record.
     _git(git_dir, "archive", "--format=tar", commit, stdout_path=archive)
     try:
-        digest = sha256_file(archive)
+        digest = file_sha256(archive)
         tree = extract_tarball(cache, archive, digest)
     finally:
         archive.unlink(missing_ok=True)

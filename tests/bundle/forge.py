@@ -11,9 +11,9 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from mkimage.bundle.build import make_signature
 from mkimage.bundle.container import write_bundle
 from mkimage.bundle.manifest import Component, Manifest, Provenance, Role, Signature
+from mkimage.bundle.sign import make_signature
 from mkimage.bundle.tarball import BLOCK_SIZE, archive_end, padded_size, write_header
 from mkimage.signing.keys import PassphraseSource, PrivateKey, load_private_key
 from tests.conftest import _build_bzimage

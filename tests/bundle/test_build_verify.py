@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mkimage.bundle.build import make_signature
+from mkimage.bundle.sign import make_signature
 from mkimage.bundle.verify import verify_bundle
 from mkimage.errors import ExitCode, MkspawnError, VerifyError
 from mkimage.handover.binding import decode_handover

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mkimage.bundle.build import make_signature
 from mkimage.bundle.container import MAX_SIGNATURE_BYTES, MAX_SIGNATURES
 from mkimage.bundle.manifest import Role, Signature
+from mkimage.bundle.sign import make_signature
 from mkimage.bundle.tarball import write_archive
 from mkimage.bundle.verify import verify_bundle
 from mkimage.errors import ExitCode, VerifyError

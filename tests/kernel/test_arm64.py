@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from mkimage.bundle.build import build_bundle
 from mkimage.errors import InputError
 from mkimage.kernel.arm64_image import parse_arm64_header
 from mkimage.kernel.build import KernelBuild, build_kernel
 from mkimage.kernel.contract import check_image
 from mkimage.kernel.release import embedded_config, kernel_release
+from mkimage.pipeline import build_bundle
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import Recipe
 from mkimage.run import run_until

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from mkimage.bundle.build import SYSTEM_DIRS, build_bundle
 from mkimage.errors import InputError
 from mkimage.initramfs.build import build_initramfs
 from mkimage.initramfs.reader import read_initramfs
 from mkimage.kernel.build import KernelBuild, build_kernel
+from mkimage.pipeline import SYSTEM_DIRS, build_bundle
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import KernelSource, KernelSpec, Recipe
 from tests.conftest import missing, needs_tool

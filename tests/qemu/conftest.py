@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mkimage.bundle.build import build_bundle
 from mkimage.initramfs.build import build_initramfs
 from mkimage.kernel.build import build_kernel
+from mkimage.pipeline import build_bundle
 from mkimage.qemu.check import HostKernel, resolve_host_kernel
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import InitramfsSpec

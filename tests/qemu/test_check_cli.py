@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mkimage.bundle.build import build_bundle
+from mkimage.pipeline import build_bundle
 from mkimage.recipe.load import load_recipe
 from tests.conftest import run_mkspawn as mkspawn
 from tests.qemu.conftest import EPOCH, KEYS, make_bundle

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mkimage.bundle.build import build_bundle
+from mkimage.pipeline import build_bundle
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.keys import PassphraseSource, load_private_key
 from tests.conftest import SYNTH_RELEASE, missing

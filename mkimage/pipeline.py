@@ -1,12 +1,14 @@
 """`mkspawn build`: recipe → stage outputs → one signed, deterministic bundle file.
 
+The orchestration sits above every stage (it is the one module that calls them all), so
+`mkimage/bundle/` stays the container format and nothing else.
+
 The build plans everything first (key loaded, inputs read, contract checked), then
 writes the bundle through a temp file so a failure never leaves a partial bundle.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -27,10 +29,12 @@ from mkimage.bundle.manifest import (
     Manifest,
     Provenance,
     Role,
-    Signature,
 )
+from mkimage.bundle.media import CMDLINE_MEDIA, CONFIG_MEDIA, KERNEL_MEDIA, VMLINUX_MEDIA, initrd_media_type
+from mkimage.bundle.sign import make_signature
 from mkimage.context import default_cache_root
 from mkimage.devicetree.build import build_devicetree
+from mkimage.digests import file_sha256
 from mkimage.errors import InputError, MkspawnError
 from mkimage.handover.build import build_handover, spawn_cmdline
 from mkimage.initramfs.build import build_initramfs
@@ -40,29 +44,9 @@ from mkimage.kernel.release import kernel_release
 from mkimage.outputs import atomic_output
 from mkimage.recipe.model import AbiProfile, Arch, Recipe
 from mkimage.signing.authenticode import sign_image
-from mkimage.signing.keys import PrivateKey, key_id, sign_bytes
+from mkimage.signing.keys import PrivateKey, key_id
 
 log = logging.getLogger("mkspawn")
-
-CHUNK = 1 << 20
-
-# Media types name the bytes, not the role: a loader can tell a bzImage from an
-# arm64 Image, or a zstd initrd from a plain cpio, without sniffing.
-KERNEL_MEDIA = {Arch.X86_64: "application/vnd.linux.bzimage", Arch.ARM64: "application/vnd.linux.arm64-image"}
-VMLINUX_MEDIA = "application/vnd.linux.vmlinux+elf"
-CONFIG_MEDIA = "text/x-kconfig"
-CMDLINE_MEDIA = "text/plain"
-INITRD_MAGICS: tuple[tuple[bytes, str], ...] = (
-    (b"070701", "application/x-cpio"),
-    (b"070702", "application/x-cpio"),
-    (b"\x1f\x8b", "application/x-cpio+gzip"),
-    (b"\xfd7zXZ\x00", "application/x-cpio+xz"),
-    (b"\x28\xb5\x2f\xfd", "application/x-cpio+zstd"),
-    (b"\x02\x21\x4c\x18", "application/x-cpio+lz4"),
-    (b"BZh", "application/x-cpio+bzip2"),
-    (b"\x5d\x00", "application/x-cpio+lzma"),
-)
-
 
 class BundleBuildError(MkspawnError):
     code = "build-failed"
@@ -96,25 +80,10 @@ class _Plan:
 
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _readable(path: Path, key: str) -> Path:
     if not path.is_file():
         raise InputError(f"[{key.split('.')[0]}] {key.split('.', 1)[1]}: no such file: {path}", code="no-such-file")
     return path
-
-
-def initrd_media_type(head: bytes) -> str:
-    for magic, media in INITRD_MAGICS:
-        if head.startswith(magic):
-            return media
-    return "application/octet-stream"
 
 
 def _authenticode(recipe: Recipe, image: Path, work_dir: Path) -> Path:
@@ -183,7 +152,7 @@ def _kernel_name(arch: Arch) -> str:
 
 # mkspawn's own files (the default init script) live beside the package, in the checkout
 # or installation it runs from.
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # Host files under these stay absolute: they name the same thing on every Debian host
 # (a packed /bin/busybox); anything else is somebody's checkout, home or temp directory.
 SYSTEM_DIRS = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"))
@@ -331,11 +300,6 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
         ),
     )
     return manifest, plan.files
-
-
-def make_signature(key: PrivateKey, manifest_bytes: bytes) -> bytes:
-    scheme, sig = sign_bytes(key, manifest_bytes)
-    return Signature(keyid=key_id(key.public_key()), scheme=scheme, sig=sig.hex()).to_bytes()
 
 
 def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), *,
