@@ -5,12 +5,23 @@ an optional uncompressed *early* archive (CPU microcode, ACPI table upgrades —
 only part early boot code scans), then the main archive, compressed as chosen.
 Both archives are 4-byte aligned and end in TRAILER!!!, so the kernel unpacks them in
 turn.  The file appears only when complete (``atomic_output``).
+
+With a cache root, the finished file is kept as a content-addressed entry
+(``initramfs/out/<key>/``, see mkimage/store.py) keyed by everything that decides its
+bytes: every entry's name, type, mode, owner, mtime, link target and device numbers, the
+data of generated files, a stat key of every host file packed (any write to a file
+changes it), the compression with its level and library versions, and
+SOURCE_DATE_EPOCH.  A rebuild with unchanged inputs copies the entry instead of reading
+and compressing everything again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +34,18 @@ from mkimage.initramfs.compress import (
 )
 from mkimage.initramfs.modules import module_entries
 from mkimage.initramfs.newc import CpioEntry, write_archive
-from mkimage.initramfs.userland import Layout, host_file, layout_userland
-from mkimage.outputs import atomic_output
+from mkimage.initramfs.userland import HostFile, Layout, host_file, layout_userland
+from mkimage.outputs import atomic_output, atomic_path
 from mkimage.recipe.model import Arch, Compression, InitramfsSpec
 from mkimage.run import tool_version
+from mkimage.store import load_entry, locked, publish_entry, staging_dir, stat_key
+
+log = logging.getLogger("mkspawn")
 
 MICROCODE_DIR = "kernel/x86/microcode"  # Documentation/arch/x86/microcode.rst
+# Bump when a change to the writer or the compressors alters the bytes a key stands for.
+CACHE_VERSION = 1
+CACHED_NAME = "initrd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,7 @@ def build_initramfs(
     early_files: Sequence[tuple[str, Path]] = (),
     modules_dir: Path | None = None,
     arch: Arch = Arch.X86_64,
+    cache_root: Path | None = None,
 ) -> InitramfsResult:
     """Write the initramfs the spec describes to ``out``.
 
@@ -59,17 +77,19 @@ def build_initramfs(
     ``early_files`` are (archive path, host file) pairs for the early segment, e.g.
     ``("kernel/firmware/acpi/ssdt1.aml", path)`` from the ACPI stage; ``modules_dir``
     is the kernel's ``lib/modules/<release>`` that ``spec.modules`` are taken from;
-    ``arch`` is the target, whose ELF machine every packed program must match.
+    ``arch`` is the target, whose ELF machine every packed program must match;
+    ``cache_root`` (the project cache) keeps the result for rebuilds with the same inputs.
     Problems with what the recipe names are RecipeErrors at the recipe line that named it.
     """
     try:
-        return _build(spec, out, source_date_epoch, kernel_config, early_files, modules_dir, arch)
+        return _build(spec, out, source_date_epoch, kernel_config, early_files, modules_dir, arch, cache_root)
     except RecipeError as e:
         raise spec.locations.locate(e) from e
 
 
 def _build(spec: InitramfsSpec, out: Path, source_date_epoch: int, kernel_config: Path | None,
-           early_files: Sequence[tuple[str, Path]], modules_dir: Path | None, arch: Arch) -> InitramfsResult:
+           early_files: Sequence[tuple[str, Path]], modules_dir: Path | None, arch: Arch,
+           cache_root: Path | None) -> InitramfsResult:
     if spec.image is not None:
         raise InputError("initramfs.image is set: the recipe uses a prebuilt initramfs, there is nothing to build",
                          code="prebuilt-initramfs")
@@ -80,24 +100,107 @@ def _build(spec: InitramfsSpec, out: Path, source_date_epoch: int, kernel_config
     if spec.modules:
         _add_modules(layout, spec, modules_dir, kernel_config)
         tools["kmod"] = tool_version("depmod", "--version")
+    entries = layout.entries()
+    tools.update(compressor_versions(compression))
+    key = None if cache_root is None else cache_key(early, entries, compression, source_date_epoch)
+    if cache_root is not None and key is not None:
+        cached = _cached(cache_root, key, out, compression, tools)
+        if cached is not None:
+            return cached
     try:
         with atomic_output(out) as f:
             early_size = write_archive(early, f, source_date_epoch=source_date_epoch) if early else 0
             with compressing(compression, f) as stream:
-                write_archive(layout.entries(), stream, source_date_epoch=source_date_epoch)
+                write_archive(entries, stream, source_date_epoch=source_date_epoch)
     except OSError as e:
         raise MkspawnError(f"writing {out}: {e.strerror or e}", code="write-failed") from e
     size, sha256 = _measure(out)
-    return InitramfsResult(
+    result = InitramfsResult(
         path=out,
         size=size,
         sha256=sha256,
         compression=compression,
         media_type=compression.media_type,
         early_size=early_size,
-        tools={**tools, **compressor_versions(compression)},
+        tools=tools,
         inputs=tuple(sorted(digests.items())),
     )
+    if cache_root is not None and key is not None:
+        _store(cache_root, key, result)
+    return result
+
+
+# ---- the cache ------------------------------------------------------------------------
+
+def cache_key(early: Sequence[CpioEntry], main: Sequence[CpioEntry], compression: Compression,
+              source_date_epoch: int) -> str | None:
+    """The digest of everything that decides the initramfs bytes (see the module doc);
+    None when some entry's data cannot be identified without reading it."""
+    records: list[object] = [CACHE_VERSION, str(compression), compressor_versions(compression), source_date_epoch]
+    for segment in (early, main):
+        rows = []
+        for e in segment:
+            if isinstance(e.data, bytes):
+                data = "sha256:" + hashlib.sha256(e.data).hexdigest()
+            elif isinstance(e.data, HostFile):
+                try:
+                    data = stat_key("file", e.data.path) + f"|{e.data.size}"
+                except OSError:
+                    return None  # the build itself reports it, against its recipe key
+            else:
+                return None
+            rows.append([e.name.hex(), e.kind.name, e.mode, e.uid, e.gid, e.mtime, e.target.hex(),
+                         e.rdev_major, e.rdev_minor, data])
+        records.append(rows)
+    return hashlib.sha256(json.dumps(records, separators=(",", ":")).encode()).hexdigest()
+
+
+def _entry_dir(cache_root: Path, key: str) -> Path:
+    return cache_root / "initramfs" / "out" / key
+
+
+def _cached(cache_root: Path, key: str, out: Path, compression: Compression,
+            tools: dict[str, str]) -> InitramfsResult | None:
+    """The cached result for ``key``, copied to ``out``; None on a miss."""
+    entry_dir = _entry_dir(cache_root, key)
+    entry = load_entry(entry_dir, key, stage="initramfs")  # re-hashes the cached file
+    if entry is None:
+        return None
+    try:
+        with atomic_path(out) as tmp:
+            shutil.copyfile(entry_dir / CACHED_NAME, tmp)  # in-kernel copy (sendfile)
+    except OSError as e:
+        raise MkspawnError(f"writing {out}: {e.strerror or e}", code="write-failed") from e
+    log.debug("initramfs: cache hit %s", key[:16])
+    return InitramfsResult(
+        path=out,
+        size=entry["size"],
+        sha256=entry["sha256_initrd"],
+        compression=compression,
+        media_type=compression.media_type,
+        early_size=entry["early_size"],
+        tools=tools,
+        inputs=tuple((name, digest) for name, digest in entry["inputs"]),
+    )
+
+
+def _store(cache_root: Path, key: str, result: InitramfsResult) -> None:
+    """Keep ``result`` for the next build with the same key.  Best effort: a cache that
+    cannot be written costs the next build time, never this one its result."""
+    entry_dir = _entry_dir(cache_root, key)
+    try:
+        with locked(cache_root / "locks" / f"initramfs-{key}.lock", "the initramfs cache", stage="initramfs"):
+            staging = staging_dir(entry_dir)
+            shutil.copyfile(result.path, staging / CACHED_NAME)
+            publish_entry(staging, entry_dir, {
+                "key": key,
+                "size": result.size,
+                "sha256_initrd": result.sha256,
+                "early_size": result.early_size,
+                "inputs": [list(pair) for pair in result.inputs],
+            })
+    except OSError as e:
+        log.warning("initramfs: could not cache the result in %s: %s", entry_dir, e.strerror or e)
 
 
 def early_entries(spec: InitramfsSpec, early_files: Sequence[tuple[str, Path]],

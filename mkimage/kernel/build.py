@@ -33,12 +33,9 @@ from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import (
     KernelCache,
     digest_tree,
-    fsync_path,
-    fsync_tree,
     locked,
     remove_tree,
     tool_identity,
-    tree_mismatches,
 )
 from mkimage.kernel.contract import check_image
 from mkimage.kernel.kconfig import (
@@ -54,6 +51,7 @@ from mkimage.kernel.source import SourceIdentity, materialise_source, source_ide
 from mkimage.outputs import write_atomic
 from mkimage.recipe.model import KernelSpec
 from mkimage.run import run, run_streaming, which
+from mkimage.store import DIGESTS_KEY, ENTRY_NAME, entry_damage, publish_entry, staging_dir
 
 log = logging.getLogger("mkspawn")
 
@@ -65,7 +63,6 @@ PROGRESS_EVERY_OBJECTS = 100
 # Copied into O= and named relatively, so the .config (embedded by IKCONFIG) does not
 # carry the recipe's absolute path and the image stays reproducible across checkouts.
 TRUSTED_KEYS_NAME = "mkspawn-trusted-keys.pem"
-ENTRY_NAME = "entry.json"
 MODROOT_NAME = "modroot"  # INSTALL_MOD_PATH inside the entry: modroot/lib/modules/<release>/
 INSTALL_TIMEOUT_S = 900
 
@@ -248,7 +245,6 @@ def _shown(path: Path) -> str:
 
 _FILES = {"image": "image", "vmlinux": "vmlinux", "config": "config", "system_map": "System.map",
           "build_log": "build.log"}
-DIGESTS_KEY = "sha256"  # in entry.json: relative path -> sha256 of every file of the entry
 _UNDIGESTED = frozenset({ENTRY_NAME})
 
 
@@ -287,9 +283,8 @@ def _entry_is_intact(out: Path, entry: dict[str, Any], key: str, params: ArchPar
     Every hit re-hashes the entry: a truncated or bit-flipped image would otherwise be
     served, and signed, as if make had produced it.  A damaged entry is rebuilt.
     """
-    recorded = entry.get(DIGESTS_KEY)
-    if isinstance(recorded, dict):
-        problems = tree_mismatches(out, recorded, exclude=_UNDIGESTED)
+    problems = entry_damage(out, entry)
+    if problems is not None:
         if problems:
             log.warning("kernel: cache entry %s is damaged (%s); building it again",
                         key[:16], "; ".join(problems[:3]) + (" …" if len(problems) > 3 else ""))
@@ -341,9 +336,7 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
         ) from e
 
     out = cache.out_dir(plan.key)
-    staging = out.with_name(out.name + ".staging")
-    remove_tree(staging)
-    staging.mkdir(parents=True)
+    staging = staging_dir(out)
     sources = {"image": params.image_path, "vmlinux": "vmlinux", "config": ".config",
                "system_map": "System.map", "build_log": "build.log"}
     release = (build_dir / "include" / "config" / "kernel.release").read_text().strip()
@@ -361,14 +354,8 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
         "tools": tools,
         "make": shlex.join(compile_argv),
         "modules": modules,
-        DIGESTS_KEY: digest_tree(staging, exclude=_UNDIGESTED),
     }
-    write_atomic(staging / ENTRY_NAME, json.dumps(entry, indent=1, sort_keys=True).encode())
-    # make wrote the outputs without fsync; flush them before the rename publishes them.
-    fsync_tree(staging)
-    remove_tree(out)
-    staging.rename(out)
-    fsync_path(out.parent)
+    publish_entry(staging, out, entry)
     # The O= tree is 80+ MB and never reused: a different request is a different key.
     remove_tree(build_dir)
     log.info("kernel: built %s (%d objects) in %.0fs", release, progress.objects, time.monotonic() - started)
