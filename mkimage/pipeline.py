@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mkimage import __version__
+from mkimage import __version__, assets
 from mkimage.acpi.build import build_acpi, early_files
 from mkimage.artifacts import Artifact
 from mkimage.bundle.container import write_bundle
@@ -150,9 +150,6 @@ def _kernel_name(arch: Arch) -> str:
     return "bzImage" if arch is Arch.X86_64 else "Image"
 
 
-# mkspawn's own files (the default init script) live beside the package, in the checkout
-# or installation it runs from.
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # Host files under these stay absolute: they name the same thing on every Debian host
 # (a packed /bin/busybox); anything else is somebody's checkout, home or temp directory.
 SYSTEM_DIRS = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"))
@@ -162,15 +159,20 @@ def _input_name(path: Path, recipe: Recipe, work_dir: Path, cache_root: Path) ->
     """A provenance name for a host file that is the same on every host building the
     recipe: no checkout, home, cache or temp path reaches the bundle.
 
-    Recipe files are named relative to the recipe, mkspawn's own files ``mkspawn:<path>``,
-    files this build made ``build:<path>``, cache files ``cache:<path>``; system files
-    keep their absolute path, and any other file is named relative to the recipe.
+    Recipe files are named relative to the recipe, mkspawn's own files ``mkspawn:<path>``
+    (the same whether mkspawn runs from its checkout or a wheel), files this build made
+    ``build:<path>``, cache files ``cache:<path>``; system files keep their absolute
+    path, and any other file is named relative to the recipe.
     """
     assert recipe.path is not None
     recipe_dir = recipe.path.parent.resolve()
     real = path.resolve()
-    for prefix, root in (("", recipe_dir), ("mkspawn:", PACKAGE_ROOT), ("build:", work_dir.resolve()),
-                         ("cache:", cache_root.resolve())):
+    if real.is_relative_to(recipe_dir):
+        return real.relative_to(recipe_dir).as_posix()
+    own = assets.builtin_name(real) or assets.package_name(real)
+    if own is not None:
+        return f"mkspawn:{own}"
+    for prefix, root in (("build:", work_dir.resolve()), ("cache:", cache_root.resolve())):
         if real.is_relative_to(root):
             return prefix + real.relative_to(root).as_posix()
     if any(path.is_relative_to(d) for d in SYSTEM_DIRS):

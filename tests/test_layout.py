@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mkimage"
 # Data flows one way: a stage may import the shared modules and earlier stages only.
 STAGES = ["recipe", "kernel", "initramfs", "devicetree", "acpi", "handover", "signing", "bundle", "registry", "qemu",
           "loader"]
-SHARED = {"errors", "run", "outputs", "context", "artifacts", "digests", "store", "__init__"}
+SHARED = {"errors", "run", "outputs", "context", "artifacts", "digests", "assets", "progress", "store", "__init__"}
 # The pipeline orchestrates every stage, so like the CLI it sits above them all.
 TOP = {"cli", "commands", "pipeline", "__main__"}
 # The loader's guest entry point runs as /init in a QEMU host: its markers on the console are its output.

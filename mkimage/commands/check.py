@@ -39,7 +39,7 @@ PROFILES = [p.value for p in AbiProfile]
 @click.option("--host-kernel", type=click.Path(path_type=Path, dir_okay=False),
               help="Boot: host kernel to load the spawn from (e.g. a Debian vmlinuz).")
 @click.option("--host-recipe", type=click.Path(path_type=Path, dir_okay=False),
-              help="Boot: recipe whose kernel is the host, built and cached [default: recipes/qemu-host.toml].")
+              help="Boot: recipe whose kernel is the host, built and cached [default: builtin:recipes/qemu-host.toml].")
 @click.option("--host-set", "host_overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Boot: override a host recipe value, e.g. kernel.trusted_keys=ca.crt for recipes/sig-host.toml.")
 @click.option("--recipe", "recipe", type=click.Path(path_type=Path, dir_okay=False),

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkimage.assets import asset_path
 from mkimage.errors import FormatError, shown_path
 from mkimage.initramfs.elf import LibraryResolver, check_machine, elf_identity
 from mkimage.initramfs.newc import CpioEntry, EntryKind, Reader, archive_name, show_name
@@ -28,8 +29,8 @@ from mkimage.recipe.model import Arch, InitramfsSpec, NodeType
 from mkimage.run import run
 
 BUSYBOX = Path("/bin/busybox")  # Debian busybox-static: no libraries to chase
-# The default init (a busybox script); lives beside the package in the repo's initramfs/.
-DEFAULT_INIT = Path(__file__).resolve().parents[2] / "initramfs" / "init.sh"
+# The default init (a busybox script), shipped from the repo's initramfs/.
+DEFAULT_INIT = "initramfs/init.sh"
 COMMAND_PATH = "etc/mkspawn/command"
 CONSOLE = CpioEntry.node(b"dev/console", EntryKind.CHAR, major=5, minor=1, mode=0o600)
 
@@ -252,7 +253,8 @@ def _add_init(layout: Layout, spec: InitramfsSpec, digests: dict[str, str] | Non
     if spec.init is None and not spec.busybox:
         raise key_error("initramfs.busybox", "false, but the default init is a busybox script; set "
                         "initramfs.init to your own program", code="no-init")
-    source, key = (spec.init, "initramfs.init") if spec.init is not None else (DEFAULT_INIT, "initramfs (default init)")
+    source, key = ((spec.init, "initramfs.init") if spec.init is not None
+                   else (asset_path(DEFAULT_INIT), "initramfs (default init)"))
     layout.add(host_file(source, key, digests, name=b"init", mode=0o755), key)
     if spec.command:
         command = CpioEntry.file(COMMAND_PATH.encode(), spec.command.encode() + b"\n", mode=0o644)

@@ -32,8 +32,7 @@ from mkimage.qemu.params import X86_64_KEXEC, X86_64_MULTIKERNEL, QemuParams
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import AbiProfile
 
-REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-DEFAULT_HOST_RECIPE = REPO_RECIPES / "qemu-host.toml"
+DEFAULT_HOST_RECIPE = "builtin:recipes/qemu-host.toml"
 DEFAULT_TIMEOUT_S = 90.0
 NONCE_BYTES = 8
 
@@ -151,7 +150,7 @@ def resolve_host_kernel(kernel: Path | None, recipe: Path | None, *, cache_root:
         if not kernel.is_file():
             raise InputError(f"{kernel}: no such host kernel", code="no-such-file")
         return HostKernel(kernel, "given")
-    recipe = recipe or DEFAULT_HOST_RECIPE
+    recipe = recipe or Path(DEFAULT_HOST_RECIPE)
     model = load_recipe(recipe, overrides)
     if model.kernel.source is None:
         if model.kernel.image is None:

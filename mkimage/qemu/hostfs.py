@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage.assets import package_dir, package_file
 from mkimage.errors import ToolError
 from mkimage.initramfs.build import build_initramfs
 from mkimage.initramfs.newc import CpioEntry, write_archive
@@ -39,12 +40,12 @@ PYTHON = Path("/usr/bin/python3.11")  # Debian's: libpython linked in, no RUNPAT
 STDLIB = Path("/usr/lib/python3.11")
 CTYPES_SO = STDLIB / "lib-dynload" / "_ctypes.cpython-311-x86_64-linux-gnu.so"
 PYTHON_PACKAGES = "python3.11-minimal and libpython3.11-stdlib"
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # mkimage/
+PACKAGE_DIR = package_dir()  # mkimage/
 LOADER_MODULES = ("mkimage.loader.__main__",)
 # Imported at start-up for a console in the C locale; the discovery run has C.UTF-8.
 EXTRA_STDLIB = ("encodings/ascii.py", "encodings/latin_1.py")
-HOST_INIT = Path(__file__).with_name("host-init")
-PROBE_SCRIPT = Path(__file__).with_name("probe.sh")
+HOST_INIT = package_file("qemu/host-init")
+PROBE_SCRIPT = package_file("qemu/probe.sh")
 PROBE_DIR = ".mkspawn"
 PROBE_PATH = f"/{PROBE_DIR}/probe"
 PAYLOAD_DIR = "mkspawn"

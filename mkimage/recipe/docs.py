@@ -32,6 +32,18 @@ Relative paths are resolved against the directory of the file that set them (for
 `--set`, the current directory). Strings are kept verbatim, `;` and `#` included, so
 URIs such as `pkcs11:token=a;object=b` survive.
 
+## Files shipped with mkspawn: `builtin:`
+
+A path value, `extends`, or a recipe named on the command line may be written
+`builtin:<dir>/<file>` to name a file shipped inside mkspawn itself, wherever it is
+installed (a wheel, a distribution package or a checkout). `<dir>` is `kernel`
+(Kconfig fragments, `kernel/patches/`), `initramfs` (the default `init.sh`) or
+`recipes` (the examples and the check's host recipe, `builtin:recipes/qemu-host.toml`):
+the top-level directories of mkspawn's repository. For example
+`fragments = ["builtin:kernel/spawn-minimal.config"]`, `extends = "builtin:recipes/minimal.toml"`,
+or `mkspawn build builtin:recipes/demo.toml`. An unknown name is an error naming the
+recipe line (`[no-such-builtin]`). Provenance names these files `mkspawn:<dir>/<file>`.
+
 ## Sharing a base: `extends`
 
 `extends = "base.toml"` (top level, a path relative to the recipe) loads the base first;

@@ -24,7 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from mkimage.errors import Location, RecipeError, shown_path
+from mkimage import assets
+from mkimage.errors import InputError, Location, RecipeError, shown_path
 from mkimage.recipe.locations import KeyLocations, KeyPath, nearest, scan_locations
 from mkimage.recipe.model import SECTIONS, KeyRef, Recipe
 from mkimage.recipe.settings import (
@@ -102,7 +103,8 @@ def _load_tree(path: Path, sources: Sources, chain: tuple[Path, ...] = ()) -> tu
     loc = locs.get((EXTENDS_KEY,), Location(path))
     if not isinstance(extends, str) or not extends:
         raise RecipeError(loc, EXTENDS_KEY, f"expected a relative path string, got {extends!r}", code="bad-type")
-    base_path = Path(os.path.abspath(path.parent / extends))
+    base_path = _builtin(extends, loc, EXTENDS_KEY) if assets.is_builtin(extends) else \
+        Path(os.path.abspath(path.parent / extends))
     if base_path in chain or base_path == path:
         raise RecipeError(loc, EXTENDS_KEY, f"extends cycle through {shown_path(base_path)}", code="extends-cycle")
     if len(chain) >= MAX_EXTENDS_DEPTH:
@@ -264,10 +266,19 @@ class _Converter:
         if "\0" in str(value):
             raise self.fail(path, "NUL character in string", "bad-value")
         if tp is Path:
+            if assets.is_builtin(value):
+                return _builtin(value, self.loc(path), _dotted(path))
             return Path(os.path.abspath(self.base_dir(path) / value))
         if tp is KeyRef:
             return KeyRef(value if is_uri(value) else os.path.abspath(self.base_dir(path) / value))
         return value
+
+
+def _builtin(text: str, loc: Location, key: str) -> Path:
+    try:
+        return assets.builtin_path(text)
+    except InputError as e:
+        raise RecipeError(loc, key, e.message, code=e.code) from None
 
 
 def _blank_strings(text: str) -> str:
@@ -319,6 +330,8 @@ def load_recipe(
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
     sources: Sources = {}
+    if assets.is_builtin(str(path)):
+        path = assets.builtin_path(str(path))
     data, locs = _load_tree(Path(path), sources)
     for text in overrides:
         _apply_override(data, locs, text)
