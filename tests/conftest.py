@@ -22,21 +22,10 @@ import pytest
 
 from mkimage.context import default_cache_root
 from mkimage.errors import ToolError
-from mkimage.run import run
+from mkimage.qemu import hostkernel
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parent.parent
-CACHE_DIR = (
-    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    / "mkspawn"
-    / "test-assets"
-    / "debian-cloud-kernel"
-)
-# The unsigned 6.12 cloud kernel (zstd payload, EFI stub) named in the environment notes;
-# if the archive no longer has it, the current 6.1 cloud kernel's unsigned twin is used.
-PINNED_PACKAGE = "linux-image-6.12.107+deb12-cloud-amd64-unsigned"
-META_PACKAGE = "linux-image-cloud-amd64"
-APT_TIMEOUT_S = 300
 
 
 def missing(reason: str) -> NoReturn:
@@ -46,68 +35,14 @@ def missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def _apt_knows(package: str) -> bool:
-    done = run(
-        ["apt-cache", "show", "--no-all-versions", package],
-        stage="test",
-        timeout_s=60,
-        check=False,
-    )
-    return done.returncode == 0 and b"Package: " in done.stdout
-
-
-def _resolve_package() -> str:
-    if _apt_knows(PINNED_PACKAGE):
-        return PINNED_PACKAGE
-    done = run(["apt-cache", "depends", META_PACKAGE], stage="test", timeout_s=60)
-    for line in done.stdout.decode().splitlines():
-        key, _, value = line.strip().partition(":")
-        if key == "Depends" and value.strip().startswith("linux-image-"):
-            return value.strip() + "-unsigned"
-    raise ToolError(f"apt-cache names no linux-image dependency of {META_PACKAGE}")
-
-
-def _fetch_kernel() -> Path | None:
-    package = _resolve_package()
-    work = CACHE_DIR.with_name(CACHE_DIR.name + ".tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    run(
-        ["apt-get", "download", package],
-        stage="test",
-        timeout_s=APT_TIMEOUT_S,
-        cwd=work,
-    )
-    (deb,) = work.glob("*.deb")
-    run(["dpkg-deb", "-x", deb, work / "root"], stage="test", timeout_s=APT_TIMEOUT_S)
-    (work / "package").write_text(package + "\n")
-    deb.unlink()
-    shutil.rmtree(CACHE_DIR, ignore_errors=True)
-    os.replace(work, CACHE_DIR)  # publish the cache only once it is complete
-    return _cached_kernel()
-
-
-def _cached_kernel() -> Path | None:
-    found = sorted(CACHE_DIR.glob("root/boot/vmlinuz-*"))
-    return found[-1] if found else None
-
-
 @pytest.fixture(scope="session")
 def debian_kernel() -> Path:
-    """``/boot/vmlinuz-<release>`` from Debian's unsigned cloud kernel package (cached)."""
-    cached = _cached_kernel()
-    if cached is not None:
-        return cached
-    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            missing(f"{tool} is not installed (needed to fetch a Debian kernel)")
+    """``boot/vmlinuz-<release>`` from Debian's cloud kernel package, as `mkspawn check`
+    fetches it for its default host (mkimage/qemu/hostkernel.py), in the user's cache."""
     try:
-        path = _fetch_kernel()
+        return hostkernel.debian_kernel(default_cache_root())
     except ToolError as e:
         missing(f"cannot fetch a Debian kernel package: {e.message}")
-    if path is None:
-        missing(f"the Debian kernel package in {CACHE_DIR} holds no /boot/vmlinuz-*")
-    return path
 
 
 @pytest.fixture(scope="session")

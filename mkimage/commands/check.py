@@ -39,7 +39,8 @@ PROFILES = [p.value for p in AbiProfile]
 @click.option("--host-kernel", type=click.Path(path_type=Path, dir_okay=False),
               help="Boot: host kernel to load the spawn from (e.g. a Debian vmlinuz).")
 @click.option("--host-recipe", type=click.Path(path_type=Path, dir_okay=False),
-              help="Boot: recipe whose kernel is the host, built and cached [default: builtin:recipes/qemu-host.toml].")
+              help="Boot: recipe whose kernel is the host, built and cached [default: kexec mode boots Debian's "
+                   "prebuilt cloud kernel, fetched once with apt-get download; else builtin:recipes/qemu-host.toml].")
 @click.option("--host-set", "host_overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Boot: override a host recipe value, e.g. kernel.trusted_keys=ca.crt for recipes/sig-host.toml.")
 @click.option("--recipe", "recipe", type=click.Path(path_type=Path, dir_okay=False),
@@ -77,7 +78,7 @@ def check(target: Path, static: bool, profile: str | None, arch: str | None, cmd
     report = verify_bundle(target, load_trust(trust_dir), state_file=state_file)
     verify_s = time.monotonic() - started
     root = default_cache_root()
-    host = resolve_host_kernel(host_kernel, host_recipe, cache_root=root, overrides=host_overrides)
+    host = resolve_host_kernel(host_kernel, host_recipe, cache_root=root, overrides=host_overrides, mode=Mode(mode))
     options = CheckOptions(mode=Mode(mode), profile=AbiProfile(profile) if profile else None,
                            timeout_s=timeout_s or DEFAULT_TIMEOUT_S, expect=expect, log_dir=log_dir)
     result = check_bundle(target, report, host, options, cache_root=root, verify_s=verify_s)

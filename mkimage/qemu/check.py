@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import re
 import secrets
 import shutil
@@ -23,9 +24,9 @@ from pathlib import Path
 from mkimage.bundle.container import iter_component, read_bundle
 from mkimage.bundle.manifest import Manifest, Role
 from mkimage.bundle.verify import BundleReport
-from mkimage.errors import InputError, VerifyError
+from mkimage.errors import InputError, ToolError, VerifyError
 from mkimage.kernel.build import build_kernel
-from mkimage.qemu import hostfs
+from mkimage.qemu import hostfs, hostkernel
 from mkimage.qemu.console import Errno, Outcome, ProbeVerdict, Stage
 from mkimage.qemu.harness import BootRequest, boot
 from mkimage.qemu.params import X86_64_KEXEC, X86_64_MULTIKERNEL, QemuParams
@@ -34,6 +35,7 @@ from mkimage.recipe.model import AbiProfile
 
 DEFAULT_HOST_RECIPE = "builtin:recipes/qemu-host.toml"
 DEFAULT_TIMEOUT_S = 90.0
+log = logging.getLogger("mkspawn")
 NONCE_BYTES = 8
 
 
@@ -143,13 +145,22 @@ class HostKernel:
 
 
 def resolve_host_kernel(kernel: Path | None, recipe: Path | None, *, cache_root: Path,
-                        overrides: Sequence[str] = ()) -> HostKernel:
+                        overrides: Sequence[str] = (), mode: Mode | None = None) -> HostKernel:
     """The given host kernel, or the one a host recipe (with ``--set``-style
-    ``overrides``, e.g. its trusted_keys) builds through the kernel cache."""
+    ``overrides``, e.g. its trusted_keys) builds through the kernel cache.
+
+    With neither, a kexec check (``mode``) boots Debian's prebuilt cloud kernel
+    (mkimage/qemu/hostkernel.py): a cold cache then need not compile a host first.
+    Without apt it builds the tiny host recipe instead, and says so.
+    """
     if kernel is not None:
         if not kernel.is_file():
             raise InputError(f"{kernel}: no such host kernel", code="no-such-file")
         return HostKernel(kernel, "given")
+    if recipe is None and not overrides and mode is Mode.KEXEC:
+        prebuilt = _prebuilt_host(cache_root)
+        if prebuilt is not None:
+            return prebuilt
     recipe = recipe or Path(DEFAULT_HOST_RECIPE)
     model = load_recipe(recipe, overrides)
     if model.kernel.source is None:
@@ -159,6 +170,15 @@ def resolve_host_kernel(kernel: Path | None, recipe: Path | None, *, cache_root:
     build = build_kernel(model.kernel, arch=model.metadata.arch.value, cache_root=cache_root,
                          source_date_epoch=model.metadata.source_date_epoch or 0)
     return HostKernel(build.image, str(recipe), build.cache_hit)
+
+
+def _prebuilt_host(cache_root: Path) -> HostKernel | None:
+    try:
+        return HostKernel(hostkernel.debian_kernel(cache_root), hostkernel.ENTRY_KEY)
+    except ToolError as e:
+        log.warning("check: no prebuilt host kernel (%s); building the tiny host from %s instead",
+                    e.message, DEFAULT_HOST_RECIPE)
+        return None
 
 
 def check_payload(payload: hostfs.SpawnPayload, host: HostKernel, options: CheckOptions, *,
