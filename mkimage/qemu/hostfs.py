@@ -12,6 +12,9 @@ Contents:
 * ``/mkspawn/`` — the spawn's kernel, initrd, cmdline, optional dtb/dtbo and the
   loader's arguments.
 
+The host initramfs is two uncompressed newc segments: the part every check shares
+(interpreter, runtime, /init), cached by content, then this run's ``/mkspawn/`` payload.
+
 The spawn initrd gets an extra uncompressed newc segment *in front* holding the probe
 (``/.mkspawn/probe``) and this run's nonce; ``rdinit=`` selects the probe, which prints
 the nonce and execs the bundle's own init.  In front rather than behind: after a
@@ -33,8 +36,11 @@ from mkimage.assets import package_dir, package_file
 from mkimage.errors import ToolError
 from mkimage.initramfs.build import build_initramfs
 from mkimage.initramfs.newc import CpioEntry, write_archive
+from mkimage.initramfs.userland import tree_entries
+from mkimage.outputs import atomic_output
 from mkimage.recipe.model import Compression, InitramfsSpec, NodeItem, NodeType, TreeItem
 from mkimage.run import run
+from mkimage.store import load_entry, locked, publish_entry, staging_dir, stat_key
 
 PYTHON = Path("/usr/bin/python3.11")  # Debian's: libpython linked in, no RUNPATH
 STDLIB = Path("/usr/lib/python3.11")
@@ -52,6 +58,8 @@ PAYLOAD_DIR = "mkspawn"
 LOADER_ARGS = f"{PAYLOAD_DIR}/loader.args"
 TOOL_TIMEOUT_S = 120
 RUNTIME_VERSION = 1  # bump when the runtime layout changes
+BASE_VERSION = 1  # bump when the shared part of the host initramfs changes layout
+BASE_NAME = "base.cpio"
 
 # Printed by the interpreter under test: every stdlib file it loaded for the loader.
 _DISCOVER = (
@@ -208,17 +216,54 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def build_host_initramfs(runtime_dir: Path, payload_dir: Path, out: Path) -> Path:
-    """Pack runtime + payload + /init, uncompressed (fastest to unpack under TCG)."""
-    spec = InitramfsSpec(
+    """The shared part (see :func:`host_base`), then the payload as a second segment;
+    uncompressed, which is fastest to unpack under TCG."""
+    base = host_base(runtime_dir)
+    with atomic_output(out) as f:
+        with open(base, "rb") as src:
+            shutil.copyfileobj(src, f, 4 << 20)
+        write_archive(tree_entries(payload_dir, f"/{PAYLOAD_DIR}", "payload", None), f, source_date_epoch=0)
+    return out
+
+
+def host_base(runtime_dir: Path) -> Path:
+    """The host initramfs without the payload: the interpreter and its ELF closure, the
+    runtime tree, /init and /dev/urandom.  Kept beside the runtime (``runtime_dir.parent``)
+    as a store entry keyed by the runtime and /init; the stat keys of every host file it
+    packed are re-checked on each use, so a library upgrade rebuilds it."""
+    cache_dir = runtime_dir.parent
+    key = hashlib.sha256(f"v{BASE_VERSION}|{runtime_dir.name}|".encode() + HOST_INIT.read_bytes()).hexdigest()
+    out = cache_dir / "host-initramfs" / key
+    if _base_is_current(out, key):
+        return out / BASE_NAME
+    with locked(cache_dir / "locks" / f"host-initramfs-{key}.lock", "the check's host initramfs", stage="check"):
+        if not _base_is_current(out, key):
+            staging = staging_dir(out)
+            result = build_initramfs(_base_spec(runtime_dir), staging / BASE_NAME, source_date_epoch=0)
+            keys = {name: stat_key("file", Path(name)) for name, _ in result.inputs}
+            publish_entry(staging, out, {"key": key, "stat_keys": keys})
+    return out / BASE_NAME
+
+
+def _base_is_current(out: Path, key: str) -> bool:
+    entry = load_entry(out, key, stage="check")
+    if entry is None:
+        return False
+    try:
+        return all(stat_key("file", Path(name)) == known for name, known in entry["stat_keys"].items())
+    except OSError:
+        return False
+
+
+def _base_spec(runtime_dir: Path) -> InitramfsSpec:
+    return InitramfsSpec(
         init=HOST_INIT,
         busybox=False,
         binaries=[_interpreter(), CTYPES_SO],
-        trees=[TreeItem(src=runtime_dir, dst="/"), TreeItem(src=payload_dir, dst=f"/{PAYLOAD_DIR}")],
+        trees=[TreeItem(src=runtime_dir, dst="/")],
         # The interpreter seeds its hash from getrandom(GRND_NONBLOCK) and, while the
         # early-boot entropy pool is not ready, from /dev/urandom; /init starts before
         # anything mounts devtmpfs, and -I ignores PYTHONHASHSEED.
         nodes=[NodeItem(path="dev/urandom", type=NodeType.CHAR, major=1, minor=9, mode=0o666)],
         compression=Compression.NONE,
     )
-    build_initramfs(spec, out, source_date_epoch=0)
-    return out
