@@ -21,8 +21,24 @@ from typing import TYPE_CHECKING, NoReturn
 if TYPE_CHECKING:
     import click
 
-# Each module in mkimage.commands exports ``command`` (a click command or group).
-COMMANDS = ("bundle", "check", "dt", "initramfs", "keys", "load", "recipe", "registry")
+# Every verb: (name, module in mkimage.commands exporting it as ``command`` — a click
+# command or group, or a list of them — and the one line `mkspawn --help` shows).  A
+# verb's module is imported only when that verb runs (or its own --help is asked for),
+# so `--version`, `--help` and the light verbs never pay for the heavy ones' imports.
+COMMANDS = (
+    ("build", "bundle", "Build a recipe's bundle (signed when a key is given)."),
+    ("check", "check", "Check a bundle: the loader contract (--static) or a QEMU boot."),
+    ("dt", "dt", "Print the instance-create overlay a recipe generates."),
+    ("initramfs", "initramfs", "Build a recipe's initramfs, or list an existing one."),
+    ("inspect", "bundle", "Show a bundle's components, signatures and metadata."),
+    ("keygen", "keys", "Generate a signing key pair."),
+    ("load", "load", "Verify a bundle and load its spawn kernel on this host."),
+    ("pull", "registry", "Fetch a bundle from a registry, verify it, then write it."),
+    ("push", "registry", "Publish a bundle to a registry or an OCI layout."),
+    ("recipe", "recipe", "Inspect recipes."),
+    ("sign", "bundle", "Add signatures to a bundle."),
+    ("verify", "bundle", "Verify a bundle's structure, digests and signatures."),
+)
 # ExitCode.INTERRUPTED and ExitCode.TERMINATED, spelled out because mkimage.errors is
 # not imported before the handlers are in place (tests/test_exit_codes.py compares them).
 EXIT_SIGINT = 130
@@ -82,7 +98,14 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         root = _root()
-        root.main(args=argv, prog_name="mkspawn", standalone_mode=False)
+        # Import the verb's module here, not inside click's main, whose KeyboardInterrupt
+        # handler would print a stray blank line before our one-line message.  The
+        # group's own options take no values, so the first bare word is the verb.
+        args = sys.argv[1:] if argv is None else argv
+        verb = next((a for a in args if not a.startswith("-")), None)
+        if verb is not None:
+            load_command(verb)
+        root.main(args=args, prog_name="mkspawn", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
@@ -108,7 +131,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _root() -> click.Group:
-    import importlib
     import logging
 
     import click
@@ -117,7 +139,7 @@ def _root() -> click.Group:
 
     log = logging.getLogger("mkspawn")
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.group(cls=_lazy_group_class(), context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="mkspawn")
     @click.option("--debug", is_flag=True, help="Show commands run and tracebacks of failures.")
     @click.option("-v", "--verbose", is_flag=True, help="Show progress messages.")
@@ -130,9 +152,36 @@ def _root() -> click.Group:
         log.handlers[:] = [handler]
         log.setLevel(level)
 
-    for name in COMMANDS:
-        module = importlib.import_module(f"mkimage.commands.{name}")
-        commands = module.command if isinstance(module.command, (list, tuple)) else [module.command]
-        for command in commands:
-            cli.add_command(command)
     return cli
+
+
+def load_command(verb: str) -> click.Command | None:
+    """The click command of ``verb``, importing only its module."""
+    import importlib
+
+    row = next((r for r in COMMANDS if r[0] == verb), None)
+    if row is None:
+        return None
+    module = importlib.import_module(f"mkimage.commands.{row[1]}")
+    exported = module.command if isinstance(module.command, (list, tuple)) else [module.command]
+    command: click.Command = next(c for c in exported if c.name == verb)
+    command.short_help = command.short_help or row[2]
+    return command
+
+
+def _lazy_group_class() -> type[click.Group]:
+    import click
+
+    class LazyGroup(click.Group):
+        def list_commands(self, ctx: click.Context) -> list[str]:
+            return sorted(r[0] for r in COMMANDS)
+
+        def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+            return load_command(cmd_name)
+
+        def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+            # From the table: listing the verbs must not import every verb's module.
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, summary) for name, _module, summary in sorted(COMMANDS)])
+
+    return LazyGroup

@@ -19,20 +19,40 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
-
-import lz4
-import lz4.block
-import zstandard
+from types import ModuleType
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from mkimage.errors import FormatError, InputError
 from mkimage.initramfs.newc import Writable
 from mkimage.recipe.model import Compression
 
+if TYPE_CHECKING:
+    import zstandard
+
+
+# The C bindings load only when a stage compresses or reads zstd/lz4, not at start-up.
+def _zstd() -> ModuleType:
+    import zstandard
+
+    return zstandard
+
+
+def _lz4() -> ModuleType:
+    import lz4
+    import lz4.block
+
+    return cast(ModuleType, lz4)  # untyped package
+
 GZIP_LEVEL = 9
 XZ_PRESET = 6  # 8 MiB dictionary; the kernel's xz decoder allocates it dynamically
-# zstd -19 keeps the window at 8 MiB; --ultra levels need windows early decoders refuse.
-ZSTD_LEVEL = 19
+# From the measured size/time table in docs/initramfs-compression.md: the knee, where
+# higher levels cost several times the time for a few per cent.  Any level up to 19 keeps
+# the window at 8 MiB or less; --ultra levels need windows early decoders refuse.
+ZSTD_LEVEL = 9
+# Worker threads (one per CPU).  zstd's multithreaded output depends on the level and
+# parameters only, never on the number of workers, so it stays reproducible across
+# machines; only single-threaded mode (0 workers) would give different bytes.
+ZSTD_THREADS = -1
 LZ4_HC_LEVEL = 9
 
 # lib/decompress_unlz4.c: legacy frame = this LE magic, then blocks of at most 8 MiB
@@ -134,7 +154,7 @@ class _Lz4LegacyWriter:
             self._buf.clear()
 
     def _emit(self, block: bytes) -> None:
-        packed = lz4.block.compress(block, mode="high_compression", compression=LZ4_HC_LEVEL, store_size=False)
+        packed = _lz4().block.compress(block, mode="high_compression", compression=LZ4_HC_LEVEL, store_size=False)
         self._out.write(struct.pack("<I", len(packed)))
         self._out.write(packed)
 
@@ -154,7 +174,7 @@ def compressing(compression: Compression, out: BinaryIO) -> Iterator[Writable]:
         stream = lzma.LZMAFile(  # noqa: SIM115 - closed below, after the archive is written
             out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=XZ_PRESET)
     elif compression is Compression.ZSTD:
-        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        cctx = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, threads=ZSTD_THREADS)
         stream = cctx.stream_writer(out, closefd=False)
     elif compression is Compression.LZ4:
         stream = _Lz4LegacyWriter(out)
@@ -172,10 +192,11 @@ def compressor_versions(compression: Compression) -> dict[str, str]:
     if compression is Compression.XZ:
         return {"liblzma": _liblzma_version(), "xz-preset": str(XZ_PRESET)}
     if compression is Compression.ZSTD:
-        return {"libzstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
-                "python-zstandard": zstandard.__version__, "zstd-level": str(ZSTD_LEVEL)}
+        return {"libzstd": ".".join(map(str, _zstd().ZSTD_VERSION)),
+                "python-zstandard": _zstd().__version__, "zstd-level": str(ZSTD_LEVEL),
+                "zstd-mode": "multithreaded"}
     if compression is Compression.LZ4:
-        return {"liblz4": lz4.library_version_string(), "python-lz4": lz4.__version__,
+        return {"liblz4": _lz4().library_version_string(), "python-lz4": _lz4().__version__,
                 "lz4-hc-level": str(LZ4_HC_LEVEL)}
     return {}
 
@@ -206,10 +227,10 @@ def decompress_segment(compression: Compression, data: bytes, offset: int) -> tu
         if compression is Compression.XZ:
             return _finish(lzma.LZMADecompressor(format=lzma.FORMAT_XZ), data, offset, "xz")
         if compression is Compression.ZSTD:
-            return _finish(zstandard.ZstdDecompressor().decompressobj(), data, offset, "zstd")
+            return _finish(_zstd().ZstdDecompressor().decompressobj(), data, offset, "zstd")
         if compression is Compression.LZ4:
             return _unlz4_legacy(data, offset)
-    except (zlib.error, lzma.LZMAError, zstandard.ZstdError, lz4.block.LZ4BlockError) as e:
+    except (zlib.error, lzma.LZMAError, _zstd().ZstdError, _lz4().block.LZ4BlockError) as e:
         raise FormatError(f"bad {compression} data: {e}", offset=offset) from e
     raise FormatError(f"cannot decompress {compression}", offset=offset)
 
@@ -237,6 +258,6 @@ def _unlz4_legacy(data: bytes, offset: int) -> tuple[bytes, int]:
         pos += 4
         if length > len(data) - pos:
             raise FormatError(f"lz4 block of {length} bytes runs past the end", offset=offset + pos - 4)
-        out += lz4.block.decompress(data[pos:pos + length], uncompressed_size=LZ4_LEGACY_BLOCK_BYTES)
+        out += _lz4().block.decompress(data[pos:pos + length], uncompressed_size=LZ4_LEGACY_BLOCK_BYTES)
         pos += length
     return bytes(out), pos

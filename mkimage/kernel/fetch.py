@@ -12,14 +12,15 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-import requests
-import urllib3.exceptions
 
 from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import KernelCache, locked
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("mkspawn")
 
@@ -32,14 +33,20 @@ PROGRESS_STEP_PERCENT = 5
 PROGRESS_STEP_BYTES = 32 << 20  # when the server gives no length
 _CHUNK = 1 << 16
 
-# Failures worth another attempt: the network, not the request.
-_TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    urllib3.exceptions.HTTPError,  # raw.stream raises urllib3's own errors
-)
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """Failures worth another attempt: the network, not the request.  (requests is
+    imported only when something is downloaded: every verb's start-up would pay for it.)"""
+    import requests
+    import urllib3.exceptions
+
+    return (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+        urllib3.exceptions.HTTPError,  # raw.stream raises urllib3's own errors
+    )
 
 
 class _Retry(Exception):
@@ -111,6 +118,8 @@ def _verify(path: Path, expected: str, *, url: str) -> None:
 
 
 def _download(url: str, part: Path, *, max_bytes: int, retries: int, backoff_s: float) -> None:
+    import requests
+
     with requests.Session() as session:
         for attempt in range(retries + 1):
             try:
@@ -128,6 +137,8 @@ def _download(url: str, part: Path, *, max_bytes: int, retries: int, backoff_s: 
 
 
 def _attempt(session: requests.Session, url: str, part: Path, *, max_bytes: int) -> None:
+    import requests
+
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
@@ -159,7 +170,7 @@ def _attempt(session: requests.Session, url: str, part: Path, *, max_bytes: int)
     except requests.exceptions.SSLError as e:
         # A certificate problem does not go away by asking again.
         raise ToolError(f"download {url}: TLS verification failed: {e}", code="download-failed") from e
-    except _TRANSIENT as e:
+    except _transient() as e:
         raise _Retry(type(e).__name__) from e
 
 

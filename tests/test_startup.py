@@ -1,0 +1,93 @@
+"""Start-up stays light: `--version`, `--help` and the read verbs import only what they use.
+
+Wall time depends on the machine and its load, so the guard is the set of modules a
+fresh interpreter holds after the command ran: the heavy third-party packages (and the
+stages behind them) must be absent where a verb has no use for them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mkimage import cli
+from tests.conftest import run_mkspawn
+
+# Run the real entry point in a fresh interpreter, then list what it imported.
+PROBE = """
+import json, sys
+from mkimage.cli import main
+try:
+    main(sys.argv[2:])
+except SystemExit as e:
+    code = e.code
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+"""
+HEAVY = {"cryptography", "zstandard", "lz4", "elftools", "requests", "urllib3", "rich"}
+# What a bundle's signatures need (cryptography) and its kernel contract check (elftools).
+VERIFY_NEEDS = {"cryptography", "elftools"}
+
+
+def imported_by(tmp_path: Path, *args: object) -> tuple[int, set[str]]:
+    out = tmp_path / "modules.json"
+    subprocess.run([sys.executable, "-c", PROBE, out, *map(str, args)], capture_output=True, text=True,
+                   check=False, timeout=120, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    return result["code"], set(result["modules"])
+
+
+def tops(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"]], ids=["version", "help"])
+def test_version_and_help_import_no_command(tmp_path: Path, args: list[str]) -> None:
+    code, modules = imported_by(tmp_path, *args)
+    assert code == 0
+    assert tops(modules) & HEAVY == set()
+    assert {m for m in modules if m.startswith("mkimage")} <= {"mkimage", "mkimage.cli", "mkimage.errors"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, synthetic_kernel: Path) -> Path:
+    work = tmp_path_factory.mktemp("startup")
+    (work / "r.toml").write_text(f'[metadata]\nname = "s"\nversion = "1"\n[kernel]\nimage = "{synthetic_kernel}"\n'
+                                 'cmdline = "console=ttyS0"\n')
+    done = run_mkspawn("build", work / "r.toml", "-o", work / "s.mkb")
+    assert done.returncode == 0, done.stderr
+    return work / "s.mkb"
+
+
+@pytest.mark.parametrize("verb", ["verify", "inspect"])
+def test_read_verbs_skip_compressors_and_network(tmp_path: Path, bundle: Path, verb: str) -> None:
+    code, modules = imported_by(tmp_path, verb, bundle, "--trust", tmp_path)
+    # The unsigned bundle is rejected by verify (3); inspect shows it.
+    assert code == (3 if verb == "verify" else 0)
+    assert tops(modules) & HEAVY <= VERIFY_NEEDS
+
+
+def test_every_exported_command_has_one_row() -> None:
+    import importlib
+
+    rows = {verb: module for verb, module, _help in cli.COMMANDS}
+    assert len(rows) == len(cli.COMMANDS), "a verb is listed twice"
+    exported = {}
+    for module in sorted(set(rows.values())):
+        command = importlib.import_module(f"mkimage.commands.{module}").command
+        for c in command if isinstance(command, (list, tuple)) else [command]:
+            exported[c.name] = module
+    assert exported == rows
+
+
+def test_lazy_verbs_keep_their_own_help() -> None:
+    for verb, _module, summary in cli.COMMANDS:
+        command = cli.load_command(verb)
+        assert command is not None and command.name == verb
+        assert summary.endswith(".") and len(summary) <= 70
+        assert command.help  # the verb's own --help stays its full docstring
+    assert cli.load_command("no-such-verb") is None
