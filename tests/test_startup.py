@@ -91,3 +91,14 @@ def test_lazy_verbs_keep_their_own_help() -> None:
         assert summary.endswith(".") and len(summary) <= 70
         assert command.help  # the verb's own --help stays its full docstring
     assert cli.load_command("no-such-verb") is None
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_and_verbs(tmp_path: Path, shell: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "_MKSPAWN_COMPLETE": f"{shell}_source"}
+    source = subprocess.run([sys.executable, "-m", "mkimage"], env=env, capture_output=True, text=True, timeout=60)
+    assert source.returncode == 0 and "_MKSPAWN_COMPLETE" in source.stdout
+    env = {"PATH": "/usr/bin:/bin", "_MKSPAWN_COMPLETE": "bash_complete", "COMP_WORDS": "mkspawn ve",
+           "COMP_CWORD": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkimage"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["plain,verify"]
