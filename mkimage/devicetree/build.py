@@ -113,6 +113,10 @@ def build_devicetree(recipe: Recipe, work_dir: Path) -> list[Artifact]:
         dts_path = out_dir / f"{stem}.dts"
         write_atomic(dts_path, generated.source(inline_user_file=True).encode())
         files.append(Artifact(Role.DTS, f"{MEMBER_DIR}/{stem}.dts", dts_path, MEDIA_DTS))
+        if generated.kind is TreeKind.BASELINE and recipe.instance.profile is AbiProfile.V2:
+            # A v2 host takes one DTB, the instance tree (multikernel-abi.md §7.1), and a
+            # bundle holds one dtb for the loader to pick; the v2 baseline stays as source.
+            continue
         role, media = (Role.DTBO, MEDIA_DTBO) if generated.plugin else (Role.DTB, MEDIA_DTB)
         files.append(Artifact(role, f"{MEMBER_DIR}/{blob_path.name}", blob_path, media))
     return files
