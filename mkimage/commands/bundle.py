@@ -9,6 +9,7 @@ import click
 
 from mkimage.bundle.sign import sign_bundle
 from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
+from mkimage.commands import system as system_command
 from mkimage.commands.options import (
     F,
     echo_json,
@@ -23,7 +24,9 @@ from mkimage.commands.options import (
 from mkimage.errors import UsageError
 from mkimage.pipeline import build_bundle, summary
 from mkimage.recipe.load import load_recipe
+from mkimage.recipe.system import is_system_file
 from mkimage.signing.keys import PassphraseSource, PrivateKey, key_id, load_private_key
+from mkimage.system import is_system_target
 
 bundle_path = click.Path(path_type=Path, dir_okay=False)  # an output: refused early when a directory
 
@@ -43,15 +46,27 @@ def _load_keys(keys: tuple[Path, ...], passphrase_file: Path | None, passphrase_
 
 @click.command("build")
 @recipe_argument
-@click.option("-o", "--output", "out", type=bundle_path, required=True, help="Bundle file to write.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Bundle file to write (for a system file: the directory).")
 @click.option("--key", "keys", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Sign with this private key (repeatable); overrides [bundle] key.")
+              help="Sign with this private key (repeatable); overrides [bundle] key ([system] key).")
 @_key_options
 @set_option
+@click.option("--strict", is_flag=True, help="System files: SMT siblings split across instances is an error.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None,
+              help="System files: spawns packed at once [default: the number of CPUs].")
 @json_option
 def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path | None,
-          passphrase_env: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Build the recipe's bundle (and sign it when a key is given)."""
+          passphrase_env: str | None, overrides: tuple[str, ...], strict: bool, jobs: int | None,
+          as_json: bool) -> None:
+    """Build the recipe's bundle (and sign it when a key is given).
+
+    A system file (a top-level [system] table) builds every spawn into the directory OUT:
+    one bundle each, the pool baseline and a signed system manifest (docs/systems.md)."""
+    if is_system_file(recipe):
+        system_command.build(recipe, out, keys, lambda ks: _load_keys(ks, passphrase_file, passphrase_env),
+                             overrides=overrides, strict=strict, jobs=jobs, as_json=as_json)
+        return
     if out.is_dir():
         raise UsageError(f"{out}: is a directory", code="bad-output")
     model = load_recipe(recipe, overrides)
@@ -93,7 +108,12 @@ def sign(bundle: Path, keys: tuple[Path, ...], out: Path | None, passphrase_file
 @state_option
 @json_option
 def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_json: bool) -> None:
-    """Verify a bundle's structure, digests and signatures (exit 3 if rejected, 5 on rollback)."""
+    """Verify a bundle's structure, digests and signatures (exit 3 if rejected, 5 on rollback).
+
+    A system directory (or its system.json) is verified with every bundle it names."""
+    if is_system_target(bundle):
+        system_command.verify(bundle, load_trust(trust_dir), state_file, as_json)
+        return
     report = verify_bundle(bundle, load_trust(trust_dir), state_file=state_file)
     if as_json:
         echo_json({"ok": True, **report.to_dict()})
@@ -108,7 +128,10 @@ def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_jso
 @trust_option
 @json_option
 def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
-    """Show a bundle's components, signatures and metadata."""
+    """Show a bundle's components, signatures and metadata (a system directory: its instances)."""
+    if is_system_target(bundle):
+        system_command.inspect(bundle, load_trust(trust_dir, must_exist=False), as_json)
+        return
     report = inspect_bundle(bundle, load_trust(trust_dir, must_exist=False))
     if as_json:
         echo_json(report.to_dict())

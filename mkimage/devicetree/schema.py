@@ -20,11 +20,13 @@ trees; the kernel's own checks on them are tests/devicetree/test_kernel_rules.py
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mkimage.devicetree.dts import DtsNode, node, text, u32, u64
 from mkimage.devicetree.hosttree import SPAWN_NODE, handover_tree, host_tree
 from mkimage.recipe.model import AbiProfile, DeviceItem, PoolMemoryItem, Recipe
+from mkimage.recipe.placement import place_cpus
 
 ROOT_COMPATIBLE = "multikernel-v1"  # §7.1/§7.2: the host's tree compatible, all generations
 OVERLAY_TARGET = "/instances"  # §7.4: one of the three target paths the kernel accepts
@@ -47,24 +49,6 @@ class Instance:
     pool_memory: tuple[PoolMemoryItem, ...]
     cmdline: str
     preserve: tuple[tuple[str, int], ...]
-
-
-def place_cpus(pool: list[int], count: int, threads: int) -> tuple[int, ...]:
-    """``count`` APIC ids from ``pool``: whole cores first, lowest ids first, so SMT
-    siblings stay together whenever the count allows."""
-    cores: dict[int, list[int]] = {}
-    for cpu in sorted(pool):
-        cores.setdefault(cpu // threads, []).append(cpu)
-    chosen: list[int] = []
-    for members in cores.values():
-        if len(members) == threads and len(chosen) + threads <= count:
-            chosen.extend(members)
-    for cpu in sorted(pool):
-        if len(chosen) == count:
-            break
-        if cpu not in chosen:
-            chosen.append(cpu)
-    return tuple(sorted(chosen))
 
 
 def resolve_instance(recipe: Recipe) -> Instance | None:
@@ -162,20 +146,27 @@ def _pci_node(name: str, dev: DeviceItem) -> DtsNode:
 # ---- pool baselines -------------------------------------------------------------------------
 
 def baseline_tree(inst: Instance) -> DtsNode:
-    if inst.profile is AbiProfile.V2:
-        (chunk,) = inst.pool_memory  # the loader allows one flat range on v2
+    return pool_tree(inst.profile, inst.pool_cpus, inst.pool_memory, inst.devices)
+
+
+def pool_tree(profile: AbiProfile, pool_cpus: Sequence[int], pool_memory: Sequence[PoolMemoryItem],
+              devices: Sequence[tuple[str, DeviceItem]]) -> DtsNode:
+    """The baseline of a whole pool: one instance's (its own devices) or a system's
+    (every device of the host's pool)."""
+    if profile is AbiProfile.V2:
+        (chunk,) = pool_memory  # the loader allows one flat range on v2
         resources = node(
             "resources",
-            ("cpus", u32(*inst.pool_cpus)),
+            ("cpus", u32(*pool_cpus)),
             ("memory-base", u64(chunk.base)) if chunk.base is not None else None,
             ("memory-bytes", u64(chunk.size_bytes)),
         )
         return node("", ("compatible", text(ROOT_COMPATIBLE)), resources)
-    memory = [_memory_chunk(i, chunk) for i, chunk in enumerate(inst.pool_memory)]
-    devices = [_baseline_device(name, dev) for name, dev in inst.devices]
-    resources = node("resources", ("cpus", u64(*inst.pool_cpus)), *memory,
-                     node("devices", *devices) if devices else None)
-    aliases = [(dev.alias, text(f"{DEVICES_PATH}/{name}")) for name, dev in inst.devices if dev.alias]
+    memory = [_memory_chunk(i, chunk) for i, chunk in enumerate(pool_memory)]
+    nodes = [_baseline_device(name, dev) for name, dev in devices]
+    resources = node("resources", ("cpus", u64(*pool_cpus)), *memory,
+                     node("devices", *nodes) if nodes else None)
+    aliases = [(dev.alias, text(f"{DEVICES_PATH}/{name}")) for name, dev in devices if dev.alias]
     return node("", ("compatible", text(ROOT_COMPATIBLE)), resources,
                 node("aliases", *aliases) if aliases else None)
 

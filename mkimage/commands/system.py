@@ -1,0 +1,54 @@
+"""The system side of `mkspawn build|verify|inspect`: a system file (detected by its
+top-level [system] table) builds a directory; a directory or system.json verifies as a
+system.  The verbs in bundle.py hand over here, so there is one verb per action."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from mkimage.commands.options import echo_json
+from mkimage.errors import UsageError
+from mkimage.recipe.system import load_system
+from mkimage.signing.keys import PrivateKey
+from mkimage.signing.trust import TrustStore
+from mkimage.system import build_system, inspect_system, render_system, summary, verify_system
+
+
+def build(system_file: Path, out: Path, keys: tuple[Path, ...],
+          load_keys: Callable[[tuple[Path, ...]], list[PrivateKey]],
+          *, overrides: tuple[str, ...], strict: bool, jobs: int | None, as_json: bool) -> None:
+    """Signed by --key, else by the [system] key: the system manifest and every bundle."""
+    if overrides:
+        raise UsageError("--set applies to recipes; a system file gives each spawn's instance itself",
+                         code="usage")
+    system = load_system(system_file, strict=strict)
+    if not keys and system.meta.key is not None:
+        keys = (Path(system.meta.key),)
+    result = build_system(system, out, load_keys(keys), jobs=jobs)
+    if as_json:
+        echo_json(summary(result))
+        return
+    signed = ", ".join(k[:16] + "…" for k in result.signed_by) or "unsigned"
+    click.echo(f"{out}: system {result.manifest.name} {result.manifest.version}, "
+               f"{len(result.manifest.spawns)} spawns, manifest sha256 {result.manifest_sha256}, {signed}")
+
+
+def verify(target: Path, trust: TrustStore, state_file: Path | None, as_json: bool) -> None:
+    report = verify_system(target, trust, state_file=state_file)
+    if as_json:
+        echo_json({"ok": True, **report.to_dict()})
+        return
+    keys = ", ".join(k[:16] + "…" for k in report.trusted_by)
+    m = report.manifest
+    click.echo(f"{target}: OK: system {m.name} {m.version}, {len(m.spawns)} bundles verified, signed by {keys}")
+
+
+def inspect(target: Path, trust: TrustStore, as_json: bool) -> None:
+    report = inspect_system(target, trust)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(render_system(report), nl=False)
