@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mkimage.errors import Location, RecipeError, shown_path
 from mkimage.recipe import checks
+from mkimage.recipe.docs import _item_rows, _row_line
 from mkimage.recipe.load import (
     Locs,
     Sources,
@@ -47,7 +48,7 @@ from mkimage.recipe.model import (
     section,
 )
 from mkimage.recipe.placement import place_cpus
-from mkimage.recipe.settings import in_range, matches, optional, setting
+from mkimage.recipe.settings import in_range, iter_rows, matches, optional, setting
 
 log = logging.getLogger("mkspawn")
 
@@ -491,3 +492,15 @@ class _Resolver:
 
 __all__ = ["PoolSpec", "Spawn", "SpawnSpec", "System", "SystemFile", "SystemMeta",
            "is_system_file", "load_system"]
+
+
+def settings_markdown() -> str:
+    """The settings tables of docs/systems.md, from the model above (a test compares)."""
+    parts = []
+    for title, rows in (("`[system]`", iter_rows(SystemMeta, "system.")), ("`[pool]`", iter_rows(PoolSpec, "pool.")),
+                        ("`[[spawns]]`", iter_rows(SpawnSpec, "spawns[]."))):
+        parts.append(f"\n### {title}\n\n| key | type | default | description |\n|---|---|---|---|\n")
+        for row in rows:
+            parts.append(_row_line(row))
+            parts.extend(_row_line(sub) for sub in _item_rows(row))
+    return "".join(parts)

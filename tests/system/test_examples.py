@@ -79,3 +79,10 @@ def test_v2_example_builds_and_verifies(tmp_path: Path) -> None:
     done = mkspawn("verify", out, "--trust", trust)
     assert done.returncode == 0, done.stderr
     assert "instance:       demo0 (id 1)" in mkspawn("inspect", out).stdout
+
+
+def test_systems_doc_settings_match_the_model() -> None:
+    from mkimage.recipe.system import settings_markdown
+
+    doc = (RECIPES.parent / "docs" / "systems.md").read_text(encoding="utf-8")
+    assert doc.endswith(settings_markdown()), "docs/systems.md settings are stale: regenerate from settings_markdown()"
