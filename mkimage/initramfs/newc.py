@@ -50,7 +50,9 @@ _HEADER = NEWC_MAGIC + b"%08X" * 13
 # the output buffer than to pay a flush and a syscall each.
 SMALL_FILE_BYTES = 256 * 1024
 FLUSH_BYTES = 4 * 1024 * 1024
-CHUNK_BYTES = 1024 * 1024
+# Reads of file data into a compressor: large, so the compressor's workers get whole jobs
+# and Python does little per byte; a read this size bypasses the buffer.
+CHUNK_BYTES = FLUSH_BYTES
 _MAX_COPY = 1 << 30
 
 
@@ -309,21 +311,28 @@ class _Sink:
         self._copy_file_range = True
 
     def write(self, data: bytes) -> None:
-        self._buf += data
         self.offset += len(data)
+        if len(data) >= FLUSH_BYTES:  # a large chunk goes out as it is, not copied into the buffer
+            self.flush()
+            self._emit(data)
+            return
+        self._buf += data
         if len(self._buf) >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buf:
-            return
+        if self._buf:
+            self._emit(self._buf)
+            self._buf.clear()
+
+    def _emit(self, data: bytes | bytearray) -> None:
         if self._fd is None:
-            self._out.write(self._buf)
-        else:
-            written = os.write(self._fd, self._buf)
-            while written < len(self._buf):  # short writes are rare on regular files
-                written += os.write(self._fd, self._buf[written:])
-        self._buf.clear()
+            self._out.write(data)
+            return
+        view = memoryview(data)
+        written = os.write(self._fd, view)
+        while written < len(view):  # short writes are rare on regular files
+            written += os.write(self._fd, view[written:])
 
     def copy(self, source: DataSource, name: bytes) -> None:
         size = source.size
