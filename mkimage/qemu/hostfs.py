@@ -37,7 +37,6 @@ from mkimage.errors import ToolError
 from mkimage.initramfs.build import build_initramfs
 from mkimage.initramfs.newc import CpioEntry, write_archive
 from mkimage.initramfs.userland import tree_entries
-from mkimage.outputs import atomic_output
 from mkimage.recipe.model import Compression, InitramfsSpec, NodeItem, NodeType, TreeItem
 from mkimage.run import run
 from mkimage.store import load_entry, locked, publish_entry, staging_dir, stat_key
@@ -217,9 +216,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def build_host_initramfs(runtime_dir: Path, payload_dir: Path, out: Path) -> Path:
     """The shared part (see :func:`host_base`), then the payload as a second segment;
-    uncompressed, which is fastest to unpack under TCG."""
+    uncompressed, which is fastest to unpack under TCG.  ``out`` is a scratch file of one
+    run, removed after it: written without the fsync a published output gets."""
     base = host_base(runtime_dir)
-    with atomic_output(out) as f:
+    with open(out, "wb") as f:
         with open(base, "rb") as src:
             shutil.copyfileobj(src, f, 4 << 20)
         write_archive(tree_entries(payload_dir, f"/{PAYLOAD_DIR}", "payload", None), f, source_date_epoch=0)
