@@ -9,6 +9,8 @@ writes the bundle through a temp file so a failure never leaves a partial bundle
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -41,7 +43,7 @@ from mkimage.initramfs.build import build_initramfs
 from mkimage.kernel.build import build_kernel
 from mkimage.kernel.contract import check_image
 from mkimage.kernel.release import kernel_release
-from mkimage.outputs import atomic_output
+from mkimage.outputs import atomic_output, write_atomic
 from mkimage.recipe.model import AbiProfile, Arch, Recipe
 from mkimage.signing.authenticode import sign_image
 from mkimage.signing.keys import PrivateKey, key_id
@@ -133,7 +135,7 @@ def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path)
         files = _compiled_kernel(recipe, plan, cache_root)
     else:
         files = _prebuilt_kernel(recipe, plan)
-    _check_contract(recipe, files)
+    _check_contract(recipe, files, plan, cache_root)
     image = _authenticode(recipe, files.image, work_dir)
     arch = recipe.metadata.arch
     plan.files.append(Artifact(Role.KERNEL, _kernel_name(arch), image, KERNEL_MEDIA[arch]))
@@ -230,13 +232,14 @@ def _stage_handover(recipe: Recipe, plan: _Plan, work_dir: Path) -> None:
     plan.files.extend(build_handover(recipe, work_dir, digests))
 
 
-def _check_contract(recipe: Recipe, files: _KernelFiles) -> None:
+def _check_contract(recipe: Recipe, files: _KernelFiles, plan: _Plan, cache_root: Path) -> None:
     """Refuse any kernel the target loader would reject, before it is signed or packed.
 
     Every kernel file goes through the full static contract, the same rules as
     ``check --static``: the bzImage (or Image) the bundle carries and, when there is one,
     the vmlinux a multikernel loader takes.  A prebuilt file or a cache entry cut short
-    or corrupted fails here rather than on the host.
+    or corrupted fails here rather than on the host.  A pass is remembered by the bytes'
+    digest (:func:`_contract_memo`), so a rebuild does not inflate the payload again.
     """
     profile = recipe.instance.profile
     if profile is AbiProfile.MK2 and files.vmlinux is None:
@@ -246,6 +249,9 @@ def _check_contract(recipe: Recipe, files: _KernelFiles) -> None:
     for target in (files.image, files.vmlinux):
         if target is None:
             continue
+        memo = _contract_memo(cache_root, plan.sha256(target), profile, recipe.metadata.arch, cmdline)
+        if memo.is_file():
+            continue
         report = check_image(target, abi_profile=profile.value, arch=recipe.metadata.arch.value, cmdline=cmdline)
         if not report.ok:
             first = report.failures[0]
@@ -253,6 +259,24 @@ def _check_contract(recipe: Recipe, files: _KernelFiles) -> None:
                 f"{target.name}: fails the {profile} loader contract: {first.name}: {first.detail}",
                 code="contract-failed",
             )
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs the next build time only
+            write_atomic(memo, b"passed\n")
+
+
+# Bump when what a remembered contract pass stands for changes.
+CONTRACT_MEMO_VERSION = 1
+
+
+def _contract_memo(cache_root: Path, sha256: str, profile: AbiProfile, arch: Arch, cmdline: bytes) -> Path:
+    """Where a pass of these bytes, for this profile, arch and command line, by this
+    checker, is remembered.  The check inflates the whole payload (0.1 s or more); its
+    answer depends on nothing but these inputs and the kernel stage's code, whose sources
+    are part of the key."""
+    checker = hashlib.sha256()
+    for source in sorted(Path(str(sys.modules[check_image.__module__].__file__)).parent.glob("*.py")):
+        checker.update(source.name.encode() + b"\0" + source.read_bytes())
+    key = f"{CONTRACT_MEMO_VERSION}|{checker.hexdigest()}|{sha256}|{profile}|{arch}|{cmdline.hex()}"
+    return cache_root / "contract" / hashlib.sha256(key.encode()).hexdigest()
 
 
 def _release(kernel: Path) -> str:
