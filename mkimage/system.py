@@ -12,12 +12,13 @@ which is renamed into place only when complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +50,17 @@ from mkimage.devicetree.schema import pool_tree
 from mkimage.digests import file_sha256
 from mkimage.errors import FormatError, InputError, UsageError, VerifyError
 from mkimage.kernel.build import build_kernel
+from mkimage.loader import multikernel
 from mkimage.outputs import write_atomic
 from mkimage.pipeline import BuildResult, build_bundle
+from mkimage.qemu.check import Mode, extract_payload
 from mkimage.recipe.model import KernelSpec
 from mkimage.recipe.system import Spawn, System
 from mkimage.signing.keys import PrivateKey, key_id
 from mkimage.signing.trust import TrustStore
 
 log = logging.getLogger("mkspawn")
+Report = Callable[[str, str], None]  # (stage, detail), as the loader reports
 
 BASELINE_MEMBER = "baseline.dtb"
 BUNDLE_DIR = "bundles"
@@ -369,3 +373,38 @@ def render_system(report: SystemReport) -> str:
                      f"{','.join(e.devices) or '-':<12} {e.kernel_release:<18} {e.bundle.sha256[:16]}")
     return "\n".join(lines) + "\n"
 
+
+
+# ---- load ---------------------------------------------------------------------------------
+
+def load_system(target: Path, trust: TrustStore, report: Report, *, state_file: Path | None = None,
+                host: multikernel.Host | None = None) -> list[str]:
+    """Verify the system, then on this multikernel host apply its pool baseline and
+    create, load and start every instance in the manifest's order (the loader's
+    start_system).  ``host`` is the running kernel unless a test passes its stand-in."""
+    checked = verify_system(target, trust, state_file=state_file)
+    manifest = checked.manifest
+    profile = multikernel.PROFILES[str(manifest.abi_profile)]
+    multikernel.require_overlays(profile)
+    with tempfile.TemporaryDirectory(prefix="mkspawn-load-system-") as tmp:
+        baseline = _read_verified(checked.directory / manifest.baseline.path, manifest.baseline)
+        spawns = []
+        for entry, bundle in zip(manifest.spawns, checked.bundles, strict=True):
+            payload = extract_payload(bundle.path, bundle.manifest, Path(tmp) / entry.instance,
+                                      mode=Mode.MULTIKERNEL, profile=manifest.abi_profile)
+            if payload.dtbo is None:
+                raise VerifyError(f"{bundle.path}: no instance overlay (dtbo) for instance {entry.instance!r}",
+                                  code="missing-component")
+            spawns.append(multikernel.SystemSpawn(
+                name=entry.instance, mk_id=entry.id, kernel=str(payload.kernel),
+                initrd=str(payload.initrd) if payload.initrd else None, cmdline=payload.cmdline,
+                dtbo=payload.dtbo.read_bytes()))
+        return multikernel.start_system(profile, baseline, spawns, report, host)
+
+
+def _read_verified(path: Path, ref: FileRef) -> bytes:
+    """The bytes as read now, re-checked: the file may have changed since it was verified."""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise VerifyError(f"{path}: changed after verification", code="changed-after-verify")
+    return data

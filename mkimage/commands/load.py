@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mkimage.bundle.verify import verify_bundle
+from mkimage.commands import system as system_command
 from mkimage.commands.options import input_file, load_trust, state_option, trust_option
 from mkimage.commands.registry import client_options, load_registry_options, pulled_for_load
 from mkimage.errors import BootCheckError
@@ -21,6 +22,7 @@ from mkimage.loader import kexec, multikernel
 from mkimage.loader.errnos import LoaderError, UnsupportedHost
 from mkimage.qemu.check import Mode, extract_payload
 from mkimage.recipe.model import AbiProfile
+from mkimage.system import is_system_target
 
 
 @click.command("load")
@@ -41,8 +43,14 @@ def load(bundle: Path, trust_dir: Path | None, state_file: Path | None, mode: st
          name: str | None, mk_id: int | None, do_exec: bool, timeout_s: float, insecure: bool,
          insecure_registries: tuple[str, ...], ca_cert: Path | None, registry_timeout_s: float) -> None:
     """Verify BUNDLE (a file, or a registry or oci: reference pulled into the cache) and
-    load its spawn kernel on this host (exit 4 if the kernel refuses)."""
+    load its spawn kernel on this host (exit 4 if the kernel refuses).
+
+    A system directory (docs/systems.md) loads in multikernel mode: verified whole, its
+    pool baseline applied, then every instance created, loaded and started in order."""
     trust = load_trust(trust_dir)
+    if is_system_target(bundle):
+        system_command.load(bundle, trust, state_file)
+        return
     bundle = pulled_for_load(bundle, trust, client_options(insecure, insecure_registries, ca_cert, registry_timeout_s))
     report = verify_bundle(bundle, trust, state_file=state_file)
     chosen = AbiProfile(profile) if profile else AbiProfile(str(report.manifest.abi_profile))

@@ -10,11 +10,12 @@ from pathlib import Path
 import click
 
 from mkimage.commands.options import echo_json
-from mkimage.errors import UsageError
-from mkimage.recipe.system import load_system
+from mkimage.errors import BootCheckError, UsageError
+from mkimage.loader.errnos import LoaderError, UnsupportedHost
+from mkimage.recipe.system import load_system as load_system_file
 from mkimage.signing.keys import PrivateKey
 from mkimage.signing.trust import TrustStore
-from mkimage.system import build_system, inspect_system, render_system, summary, verify_system
+from mkimage.system import build_system, inspect_system, load_system, render_system, summary, verify_system
 
 
 def build(system_file: Path, out: Path, keys: tuple[Path, ...],
@@ -24,7 +25,7 @@ def build(system_file: Path, out: Path, keys: tuple[Path, ...],
     if overrides:
         raise UsageError("--set applies to recipes; a system file gives each spawn's instance itself",
                          code="usage")
-    system = load_system(system_file, strict=strict)
+    system = load_system_file(system_file, strict=strict)
     if not keys and system.meta.key is not None:
         keys = (Path(system.meta.key),)
     result = build_system(system, out, load_keys(keys), jobs=jobs)
@@ -52,3 +53,15 @@ def inspect(target: Path, trust: TrustStore, as_json: bool) -> None:
         echo_json(report.to_dict())
     else:
         click.echo(render_system(report), nl=False)
+
+
+def load(target: Path, trust: TrustStore, state_file: Path | None) -> None:
+    """Verify, then apply the baseline and start every instance in order on this host."""
+    try:
+        started = load_system(target, trust, lambda stage, detail: click.echo(f"{stage}: {detail}"),
+                              state_file=state_file)
+    except UnsupportedHost as e:
+        raise BootCheckError(f"{target}: {e}", code="unsupported-host") from None
+    except LoaderError as e:
+        raise BootCheckError(f"{target}: {e.line()}", code=f"load-{e.name.lower()}") from None
+    click.echo(f"{target}: {len(started)} instances started: {', '.join(started)}")
