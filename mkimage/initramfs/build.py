@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,8 @@ from mkimage.store import load_entry, locked, publish_entry, staging_dir, stat_k
 log = logging.getLogger("mkspawn")
 
 MICROCODE_DIR = "kernel/x86/microcode"  # Documentation/arch/x86/microcode.rst
-# Bump when a change to the writer or the compressors alters the bytes a key stands for.
+# Bump when the meaning of a key changes.  Edits to the writer and the compressors need
+# no bump: their sources are part of every key (_writer_digest).
 CACHE_VERSION = 1
 CACHED_NAME = "initrd"
 
@@ -136,7 +138,8 @@ def cache_key(early: Sequence[CpioEntry], main: Sequence[CpioEntry], compression
               source_date_epoch: int) -> str | None:
     """The digest of everything that decides the initramfs bytes (see the module doc);
     None when some entry's data cannot be identified without reading it."""
-    records: list[object] = [CACHE_VERSION, str(compression), compressor_versions(compression), source_date_epoch]
+    records: list[object] = [CACHE_VERSION, _writer_digest(), str(compression), compressor_versions(compression),
+                             source_date_epoch]
     for segment in (early, main):
         rows = []
         for e in segment:
@@ -153,6 +156,15 @@ def cache_key(early: Sequence[CpioEntry], main: Sequence[CpioEntry], compression
                          e.rdev_major, e.rdev_minor, data])
         records.append(rows)
     return hashlib.sha256(json.dumps(records, separators=(",", ":")).encode()).hexdigest()
+
+
+def _writer_digest() -> str:
+    """The sources that turn entries into bytes (the newc writer, the compressors)."""
+    digest = hashlib.sha256()
+    for module in (write_archive.__module__, compressing.__module__):
+        source = Path(str(sys.modules[module].__file__))
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
 
 
 def _entry_dir(cache_root: Path, key: str) -> Path:

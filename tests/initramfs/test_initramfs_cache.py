@@ -5,6 +5,7 @@ builds give the same bytes, for the initramfs and the whole bundle."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,16 @@ trees = [{{ src = "{tree}", dst = "/srv" }}]
         outs[label] = build_bundle(recipe, tmp_path / f"{label}.mkb", cache_root=root).path.read_bytes()
     assert len(entries(cache)) == 1
     assert outs["miss"] == outs["hit"] == outs["uncached"]
+
+
+def test_an_edited_writer_misses(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer's and compressors' sources are part of the key: a developer's edit to
+    them is never answered with bytes the old code made."""
+    cache = tmp_path / "cache"
+    build_initramfs(spec_for(tree), tmp_path / "1", source_date_epoch=EPOCH, cache_root=cache)
+    newc = sys.modules["mkimage.initramfs.newc"]
+    edited = tmp_path / "newc.py"
+    edited.write_text(Path(str(newc.__file__)).read_text() + "\n# edited\n")
+    monkeypatch.setattr(newc, "__file__", str(edited))
+    build_initramfs(spec_for(tree), tmp_path / "2", source_date_epoch=EPOCH, cache_root=cache)
+    assert len(entries(cache)) == 2
