@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 # so `--version`, `--help` and the light verbs never pay for the heavy ones' imports.
 COMMANDS = (
     ("build", "bundle", "Build a recipe's bundle (signed when a key is given)."),
+    ("cache", "cache", "Show the build cache's use, or prune it."),
     ("check", "check", "Check a bundle: the loader contract (--static) or a QEMU boot."),
+    ("doctor", "doctor", "Check host tools, KVM, cache and trust store; name what to install."),
     ("dt", "dt", "Print the instance-create overlay a recipe generates."),
     ("initramfs", "initramfs", "Build a recipe's initramfs, or list an existing one."),
     ("inspect", "bundle", "Show a bundle's components, signatures and metadata."),

@@ -170,4 +170,14 @@ def load_entry(out: Path, key: str, *, stage: str) -> dict[str, Any] | None:
         log.warning("%s: cache entry %s is damaged (%s); building it again", stage, key[:16],
                     "; ".join(problems[:3]) + (" …" if len(problems) > 3 else ""))
         return None
+    mark_used(out)
     return entry
+
+
+def mark_used(path: Path) -> None:
+    """Note that the cache entry at ``path`` served a hit: `mkspawn cache prune` removes
+    the least recently used first, by the directory's mtime (a publish renames the entry
+    into place, so it starts as the time the entry was made).  Best effort: an entry we
+    may read but not touch is still served."""
+    with contextlib.suppress(OSError):
+        os.utime(path)

@@ -13,7 +13,7 @@ STAGES = ["recipe", "kernel", "initramfs", "devicetree", "acpi", "handover", "si
           "loader"]
 SHARED = {"errors", "run", "outputs", "context", "artifacts", "digests", "assets", "progress", "store", "__init__"}
 # The pipeline orchestrates every stage, so like the CLI it sits above them all.
-TOP = {"cli", "commands", "pipeline", "system", "__main__"}
+TOP = {"cli", "commands", "pipeline", "system", "doctor", "cachecare", "__main__"}
 # The loader's guest entry point runs as /init in a QEMU host: its markers on the console are its output.
 PRINTS_BY_DESIGN = {Path("loader/__main__.py")}
 

@@ -51,7 +51,7 @@ from mkimage.kernel.source import SourceIdentity, materialise_source, source_ide
 from mkimage.outputs import write_atomic
 from mkimage.recipe.model import KernelSpec
 from mkimage.run import run, run_streaming, which
-from mkimage.store import DIGESTS_KEY, ENTRY_NAME, entry_damage, publish_entry, staging_dir
+from mkimage.store import DIGESTS_KEY, ENTRY_NAME, entry_damage, mark_used, publish_entry, staging_dir
 
 log = logging.getLogger("mkspawn")
 
@@ -265,6 +265,7 @@ def _load_entry(cache: KernelCache, key: str, params: ArchParams, *, cache_hit: 
     modules_dir = out / MODROOT_NAME / "lib" / "modules" / entry["release"] if modules else None
     if modules_dir is not None and not (modules_dir / "modules.dep").is_file():
         return None
+    mark_used(out)
     return KernelBuild(
         **paths,
         modules_dir=modules_dir,

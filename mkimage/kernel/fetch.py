@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import KernelCache, locked
+from mkimage.store import mark_used
 
 if TYPE_CHECKING:
     import requests
@@ -79,6 +80,7 @@ def fetch_url(
     name = _file_name(url)
     final = cache.downloads_dir / sha256 / name
     if final.is_file():
+        mark_used(final.parent)
         return final
     local = mirror_path(url, mirrors or {})
     if local is not None:

@@ -18,6 +18,7 @@ from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import KernelCache, locked, remove_tree
 from mkimage.run import run
+from mkimage.store import mark_used
 
 log = logging.getLogger("mkspawn")
 
@@ -91,6 +92,7 @@ def patched_tree(cache: KernelCache, source_tree: Path, source_digest: str, seri
     home = cache.patched_dir(key)
     tree = home / "tree"
     if tree.is_dir():
+        mark_used(home)
         return tree
     with locked(cache.lock_path(f"patched-{key}"), "patching the kernel tree"):
         if tree.is_dir():

@@ -27,6 +27,7 @@ from mkimage.kernel.cache import (
 from mkimage.kernel.fetch import fetch_url
 from mkimage.recipe.model import KernelSource
 from mkimage.run import run
+from mkimage.store import mark_used
 
 log = logging.getLogger("mkspawn")
 
@@ -101,6 +102,7 @@ def extract_tarball(cache: KernelCache, tarball: Path, digest: str) -> Path:
     home = cache.src_dir(digest)
     tree = home / "tree"
     if tree.is_dir():
+        mark_used(home)
         return tree
     with locked(cache.lock_path(f"src-{digest}"), f"extracting {tarball.name}"):
         if tree.is_dir():
