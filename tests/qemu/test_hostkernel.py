@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,16 @@ def test_without_apt_the_check_builds_the_tiny_host_and_says_so(
         for tool in directory.iterdir():
             if tool.name not in hostkernel.APT_TOOLS and not (bins / tool.name).exists():
                 (bins / tool.name).symlink_to(tool)
+    # A cache without the Debian kernel, holding (hard links to) the user's kernel builds,
+    # so the tiny host is a cache hit once it was built.
+    root = tmp_path / "cache"
+    (root / "kernel").mkdir(parents=True)
+    built = default_cache_root() / "kernel" / "out"
+    if built.is_dir():
+        subprocess.run(["cp", "-al", str(built), str(root / "kernel" / "out")], check=True)
     monkeypatch.setenv("PATH", str(bins))
     with caplog.at_level(logging.WARNING, logger="mkspawn"):
-        host = resolve_host_kernel(None, None, cache_root=default_cache_root(), mode=Mode.KEXEC)
+        host = resolve_host_kernel(None, None, cache_root=root, mode=Mode.KEXEC)
     [line] = [r.getMessage() for r in caplog.records if "prebuilt" in r.getMessage()]
     assert "no prebuilt host kernel" in line and "qemu-host.toml" in line
     assert host.origin.endswith("qemu-host.toml")
