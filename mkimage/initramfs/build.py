@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage import progress
 from mkimage.errors import InputError, MkspawnError, RecipeError
 from mkimage.initramfs.compress import (
     choose_compression,
@@ -45,7 +46,7 @@ log = logging.getLogger("mkspawn")
 
 MICROCODE_DIR = "kernel/x86/microcode"  # Documentation/arch/x86/microcode.rst
 # Bump when the meaning of a key changes.  Edits to the writer and the compressors need
-# no bump: their sources are part of every key (_writer_digest).
+# no bump: their sources are part of every key (writer_digest).
 CACHE_VERSION = 1
 CACHED_NAME = "initrd"
 
@@ -109,11 +110,12 @@ def _build(spec: InitramfsSpec, out: Path, source_date_epoch: int, kernel_config
         cached = _cached(cache_root, key, out, compression, tools)
         if cached is not None:
             return cached
+    data = sum(_data_size(e) for e in entries)
     try:
-        with atomic_output(out) as f:
+        with atomic_output(out) as f, progress.task("initramfs: pack", total=data, unit="bytes") as task:
             early_size = write_archive(early, f, source_date_epoch=source_date_epoch) if early else 0
             with compressing(compression, f) as stream:
-                write_archive(entries, stream, source_date_epoch=source_date_epoch)
+                write_archive(entries, stream, source_date_epoch=source_date_epoch, on_member=task.advance)
     except OSError as e:
         raise MkspawnError(f"writing {out}: {e.strerror or e}", code="write-failed") from e
     size, sha256 = _measure(out)
@@ -138,7 +140,7 @@ def cache_key(early: Sequence[CpioEntry], main: Sequence[CpioEntry], compression
               source_date_epoch: int) -> str | None:
     """The digest of everything that decides the initramfs bytes (see the module doc);
     None when some entry's data cannot be identified without reading it."""
-    records: list[object] = [CACHE_VERSION, _writer_digest(), str(compression), compressor_versions(compression),
+    records: list[object] = [CACHE_VERSION, writer_digest(), str(compression), compressor_versions(compression),
                              source_date_epoch]
     for segment in (early, main):
         rows = []
@@ -158,7 +160,7 @@ def cache_key(early: Sequence[CpioEntry], main: Sequence[CpioEntry], compression
     return hashlib.sha256(json.dumps(records, separators=(",", ":")).encode()).hexdigest()
 
 
-def _writer_digest() -> str:
+def writer_digest() -> str:
     """The sources that turn entries into bytes (the newc writer, the compressors)."""
     digest = hashlib.sha256()
     for module in (write_archive.__module__, compressing.__module__):
@@ -234,6 +236,11 @@ def _add_modules(layout: Layout, spec: InitramfsSpec, modules_dir: Path | None,
                          "does not)", code="no-module-tree")
     for entry in module_entries(modules_dir, spec.modules):
         layout.add(entry, "initramfs.modules", generated=True)
+
+
+def _data_size(entry: CpioEntry) -> int:
+    data = entry.data
+    return len(data) if isinstance(data, bytes) else data.size if isinstance(data, HostFile) else 0
 
 
 def _measure(path: Path) -> tuple[int, str]:

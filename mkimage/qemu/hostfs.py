@@ -34,7 +34,7 @@ from pathlib import Path
 
 from mkimage.assets import package_dir, package_file
 from mkimage.errors import ToolError
-from mkimage.initramfs.build import build_initramfs
+from mkimage.initramfs.build import build_initramfs, writer_digest
 from mkimage.initramfs.newc import CpioEntry, write_archive
 from mkimage.initramfs.userland import tree_entries
 from mkimage.recipe.model import Compression, InitramfsSpec, NodeItem, NodeType, TreeItem
@@ -229,10 +229,11 @@ def build_host_initramfs(runtime_dir: Path, payload_dir: Path, out: Path) -> Pat
 def host_base(runtime_dir: Path) -> Path:
     """The host initramfs without the payload: the interpreter and its ELF closure, the
     runtime tree, /init and /dev/urandom.  Kept beside the runtime (``runtime_dir.parent``)
-    as a store entry keyed by the runtime and /init; the stat keys of every host file it
+    as a store entry keyed by the runtime, /init and the writer's sources; the stat keys of every host file it
     packed are re-checked on each use, so a library upgrade rebuilds it."""
     cache_dir = runtime_dir.parent
-    key = hashlib.sha256(f"v{BASE_VERSION}|{runtime_dir.name}|".encode() + HOST_INIT.read_bytes()).hexdigest()
+    key = hashlib.sha256(f"v{BASE_VERSION}|{writer_digest()}|{runtime_dir.name}|".encode()
+                         + HOST_INIT.read_bytes()).hexdigest()
     out = cache_dir / "host-initramfs" / key
     if _base_is_current(out, key):
         return out / BASE_NAME
