@@ -25,6 +25,7 @@ class Role(enum.StrEnum):
     DTS = "dts"
     ACPI = "acpi"
     HANDOVER = "handover"
+    SBOM = "sbom"  # the CycloneDX SBOM (mkimage/bundle/sbom.py)
 
 
 @dataclass(frozen=True, slots=True)

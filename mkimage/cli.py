@@ -35,9 +35,12 @@ COMMANDS = (
     ("inspect", "bundle", "Show a bundle's components, signatures and metadata."),
     ("keygen", "keys", "Generate a signing key pair."),
     ("load", "load", "Verify a bundle and load its spawn kernel on this host."),
+    ("provenance", "evidence", "Print a bundle's SLSA provenance statement."),
     ("pull", "registry", "Fetch a bundle from a registry, verify it, then write it."),
     ("push", "registry", "Publish a bundle to a registry or an OCI layout."),
     ("recipe", "recipe", "Inspect recipes."),
+    ("reproduce", "evidence", "Rebuild a bundle from its provenance and compare it."),
+    ("sbom", "evidence", "Print a bundle's CycloneDX SBOM."),
     ("sign", "bundle", "Add signatures to a bundle."),
     ("verify", "bundle", "Verify a bundle's structure, digests and signatures."),
 )

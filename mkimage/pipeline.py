@@ -33,11 +33,13 @@ from mkimage.bundle.manifest import (
     Role,
 )
 from mkimage.bundle.media import CMDLINE_MEDIA, CONFIG_MEDIA, KERNEL_MEDIA, VMLINUX_MEDIA, initrd_media_type
+from mkimage.bundle.provenance import RecipeParameters, make_envelope
 from mkimage.bundle.sign import make_signature
 from mkimage.context import default_cache_root
 from mkimage.devicetree.build import build_devicetree
 from mkimage.digests import file_sha256
 from mkimage.errors import InputError, MkspawnError
+from mkimage.evidence import recipe_input, recipe_parameters, sbom_artifact
 from mkimage.handover.build import build_handover, spawn_cmdline
 from mkimage.initramfs.build import build_initramfs
 from mkimage.kernel.build import build_kernel
@@ -283,11 +285,6 @@ def _release(kernel: Path) -> str:
     return kernel_release(kernel.read_bytes())
 
 
-def _recipe_input(recipe: Recipe) -> Input:
-    assert recipe.path is not None
-    return Input(InputKind.RECIPE, recipe.path.name, file_sha256(recipe.path))
-
-
 def _tools() -> dict[str, str]:
     return {
         "python": sys.version.split()[0],
@@ -295,14 +292,21 @@ def _tools() -> dict[str, str]:
     }
 
 
-def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Manifest, list[Artifact]]:
+def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path,
+                  params: RecipeParameters | None = None) -> tuple[Manifest, list[Artifact]]:
     plan = _Plan(tools=_tools())
-    plan.inputs.append(_recipe_input(recipe))
+    plan.inputs.append(recipe_input(params or recipe_parameters(recipe, ())))
     kernel = _stage_kernel(recipe, plan, work_dir, cache_root)
     _stage_hardware(recipe, plan, work_dir)
     _stage_initrd(recipe, plan, work_dir, cache_root)
     _stage_cmdline(recipe, plan, work_dir)
     _stage_handover(recipe, plan, work_dir)
+    release = _release(kernel)
+    # Last: the SBOM describes every other component.
+    plan.files.append(sbom_artifact(recipe, kernel_release=release, config_sha256=plan.config_sha256,
+                                    mkspawn_version=__version__,
+                                    members=[(f, plan.sha256(f.path)) for f in plan.files],
+                                    inputs=plan.inputs, work_dir=work_dir))
     components = [
         Component(role=f.role, path=f.member, size=f.path.stat().st_size, sha256=plan.sha256(f.path),
                   media_type=f.media_type)
@@ -315,7 +319,7 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
         recipe_version=recipe.metadata.version,
         arch=recipe.metadata.arch,
         abi_profile=recipe.instance.profile,
-        kernel_release=_release(kernel),
+        kernel_release=release,
         components=components,
         provenance=Provenance(
             source_date_epoch=epoch,
@@ -329,14 +333,19 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path) -> tuple[Man
 
 
 def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), *,
-                 cache_root: Path | None = None) -> BuildResult:
+                 cache_root: Path | None = None, overrides: Sequence[str] = (),
+                 params: RecipeParameters | None = None) -> BuildResult:
+    """``overrides`` are the --set options the recipe was loaded with, for the provenance
+    (``params``, when given, is what the provenance records instead: `reproduce`)."""
+    params = params or recipe_parameters(recipe, overrides)
     with tempfile.TemporaryDirectory(prefix="mkspawn-build-") as tmp:
-        manifest, files = plan_manifest(recipe, Path(tmp), cache_root or default_cache_root())
+        manifest, files = plan_manifest(recipe, Path(tmp), cache_root or default_cache_root(), params)
         manifest_bytes = manifest.to_bytes()
         signatures = [make_signature(key, manifest_bytes) for key in signers]
+        provenance = make_envelope(manifest, manifest_bytes, params, signers)
         with atomic_output(out) as f:
             write_bundle(f, manifest_bytes, signatures, [(s.member, s.path) for s in files],
-                         manifest.provenance.source_date_epoch)
+                         manifest.provenance.source_date_epoch, provenance=provenance)
     log.info("wrote %s", out)
     return BuildResult(out, out.stat().st_size, file_sha256(out), manifest,
                        tuple(key_id(k.public_key()) for k in signers))

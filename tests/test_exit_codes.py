@@ -18,7 +18,7 @@ DOC = REPO / "docs" / "exit-codes.md"
 # FormatErrors of the bundle format reach the user only through opened_bundle, which
 # re-raises them as VerifyError (3).
 BUNDLE_FORMAT = {"bundle/tarball.py", "bundle/container.py", "bundle/canon.py", "bundle/manifest.py",
-                 "bundle/system_manifest.py"}
+                 "bundle/system_manifest.py", "bundle/sbom.py", "bundle/provenance.py"}
 # Printed by the CLI boundary itself rather than raised.
 BOUNDARY = {"usage": ExitCode.USAGE, "interrupted": ExitCode.INTERRUPTED, "terminated": ExitCode.TERMINATED}
 CODE = re.compile(r"`([a-z0-9<>-]+)`")

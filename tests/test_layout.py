@@ -12,8 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mkimage"
 STAGES = ["recipe", "kernel", "initramfs", "devicetree", "acpi", "handover", "signing", "bundle", "registry", "qemu",
           "loader"]
 SHARED = {"errors", "run", "outputs", "context", "artifacts", "digests", "assets", "progress", "store", "__init__"}
-# The pipeline orchestrates every stage, so like the CLI it sits above them all.
-TOP = {"cli", "commands", "pipeline", "system", "doctor", "cachecare", "__main__"}
+# The pipeline orchestrates every stage, so like the CLI it sits above them all (evidence
+# collects what it built, reproduce rebuilds through it).
+TOP = {"cli", "commands", "pipeline", "evidence", "reproduce", "system", "doctor", "cachecare", "__main__"}
 # The loader's guest entry point runs as /init in a QEMU host: its markers on the console are its output.
 PRINTS_BY_DESIGN = {Path("loader/__main__.py")}
 

@@ -2,7 +2,8 @@
 components the manifest names.
 
 Member order is fixed: ``manifest.json``, then ``signatures/<keyid>.sig`` sorted by name,
-then the components in manifest (path) order.  Reading is one streaming pass that checks
+then the optional ``provenance.dsse.json`` (signed evidence about the manifest, so it
+cannot be a component), then the components in manifest (path) order.  Reading is one streaming pass that checks
 every component's size and sha256 against the manifest.  No cryptography happens here:
 the signatures are returned with the exact manifest bytes they must be verified over.
 """
@@ -18,6 +19,7 @@ from typing import BinaryIO, TypeVar
 
 from mkimage.bundle.manifest import (
     MANIFEST_MEMBER,
+    PROVENANCE_MEMBER,
     SIGNATURE_DIR,
     Component,
     Manifest,
@@ -42,6 +44,8 @@ from mkimage.errors import FormatError
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIGNATURE_BYTES = 4 << 10
 MAX_SIGNATURES = 16
+# An SLSA statement lists every component and input: a few KiB, far below this.
+MAX_PROVENANCE_BYTES = 1 << 20
 CHUNK_SIZE = 1 << 20
 
 # A component's data: a file, or a callable streaming it (e.g. from another bundle when
@@ -58,6 +62,7 @@ class BundleHead:
     manifest_bytes: bytes
     manifest: Manifest
     signatures: tuple[tuple[bytes, Signature], ...]
+    provenance: bytes | None = None  # the DSSE envelope's bytes as read
 
 
 # Called once the manifest and signatures are read and before any component is hashed,
@@ -77,6 +82,7 @@ class BundleContents:
     manifest: Manifest
     signatures: tuple[tuple[bytes, Signature], ...]
     component_offsets: Mapping[str, tuple[int, int]]
+    provenance: bytes | None = None
 
 
 def write_bundle(
@@ -85,6 +91,7 @@ def write_bundle(
     signatures: Sequence[bytes],
     components: Sequence[tuple[str, ComponentSource]],
     mtime: int,
+    provenance: bytes | None = None,
 ) -> int:
     """Write a bundle to ``out`` and return its length.
 
@@ -132,6 +139,10 @@ def write_bundle(
         (MANIFEST_MEMBER, len(manifest_bytes), [manifest_bytes])
     ]
     members += [(name, len(raw), [raw]) for name, raw in sorted(signature_members.items())]
+    if provenance is not None:
+        if len(provenance) > MAX_PROVENANCE_BYTES:
+            raise ValueError(f"{PROVENANCE_MEMBER} is {len(provenance)} bytes, limit {MAX_PROVENANCE_BYTES}")
+        members.append((PROVENANCE_MEMBER, len(provenance), [provenance]))
     members += [
         (component.path, component.size, _source_chunks(files[component.path], component))
         for component in manifest.components
@@ -205,12 +216,13 @@ def read_bundle(f: BinaryIO, check_head: HeadCheck | None = None) -> BundleConte
     expected = iter(manifest.components)
     pending = next(expected, None)
     signatures: list[tuple[bytes, Signature]] = []
+    provenance: bytes | None = None
     offsets: dict[str, tuple[int, int]] = {}
     previous = first.name
     head_checked = False
     for header in members:
         if header.name.startswith(SIGNATURE_DIR):
-            if offsets or header.name < previous:
+            if offsets or provenance is not None or header.name < previous:
                 raise FormatError(
                     f"signature member {header.name!r} is out of order",
                     offset=header.header_offset,
@@ -223,9 +235,17 @@ def read_bundle(f: BinaryIO, check_head: HeadCheck | None = None) -> BundleConte
                     code="too-many-signatures",
                 )
             signatures.append(_read_signature(f, header))
+        elif header.name == PROVENANCE_MEMBER:
+            if offsets or provenance is not None:
+                raise FormatError(f"member {header.name!r} is out of order", offset=header.header_offset,
+                                  code="bad-member-order")
+            if header.size > MAX_PROVENANCE_BYTES:
+                raise FormatError(f"{header.name} is {header.size} bytes, limit {MAX_PROVENANCE_BYTES}",
+                                  offset=header.header_offset, code="bad-provenance")
+            provenance = b"".join(iter_data(f, header))
         else:
             if not head_checked and check_head is not None:
-                check_head(BundleHead(manifest_bytes, manifest, tuple(signatures)))
+                check_head(BundleHead(manifest_bytes, manifest, tuple(signatures), provenance))
             head_checked = True
             component = by_path.get(header.name)
             if component is None:
@@ -246,12 +266,13 @@ def read_bundle(f: BinaryIO, check_head: HeadCheck | None = None) -> BundleConte
             code="missing-member",
         )
     if not head_checked and check_head is not None:
-        check_head(BundleHead(manifest_bytes, manifest, tuple(signatures)))
+        check_head(BundleHead(manifest_bytes, manifest, tuple(signatures), provenance))
     return BundleContents(
         manifest_bytes=manifest_bytes,
         manifest=manifest,
         signatures=tuple(signatures),
         component_offsets=offsets,
+        provenance=provenance,
     )
 
 

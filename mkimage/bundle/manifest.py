@@ -42,6 +42,7 @@ from mkimage.signing.keys import Scheme as SignatureScheme
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_MEMBER",
+    "PROVENANCE_MEMBER",
     "SIGNATURE_DIR",
     "AbiProfile",
     "Arch",
@@ -59,6 +60,9 @@ __all__ = [
 FORMAT_VERSION = 1
 MANIFEST_MEMBER = "manifest.json"
 SIGNATURE_DIR = "signatures/"
+# The DSSE provenance envelope sits beside the manifest like a signature (its subjects
+# include the manifest's digest, so the manifest cannot list it as a component).
+PROVENANCE_MEMBER = "provenance.dsse.json"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
@@ -104,7 +108,7 @@ class Component:
         problem = name_problem(self.path)
         if problem is not None:
             raise ValueError(f"path: {self.path!r} {problem[1]}")
-        if self.path == MANIFEST_MEMBER or self.path.startswith(SIGNATURE_DIR):
+        if self.path in (MANIFEST_MEMBER, PROVENANCE_MEMBER) or self.path.startswith(SIGNATURE_DIR):
             raise ValueError(f"path: {self.path!r} is reserved for the bundle's own members")
         _check_int("size", self.size, MAX_SIZE)
         _check_hex64("sha256", self.sha256)

@@ -15,13 +15,14 @@ from typing import BinaryIO
 from mkimage.bundle.container import BundleContents, iter_component
 from mkimage.bundle.manifest import Arch, Component, Manifest, Role
 from mkimage.bundle.media import INITRD_MAGICS, KERNEL_MEDIA, VMLINUX_MEDIA
+from mkimage.bundle.sbom import SBOM_MEDIA_TYPE
 from mkimage.errors import VerifyError
 from mkimage.kernel.contract import ImageKind, detect_kind
 
 # The loader takes at most one of each of these; a second would leave it to chance
 # which one boots.  A bundle has exactly one kernel.
 SINGLE_ROLES = (Role.KERNEL, Role.VMLINUX, Role.INITRD, Role.CMDLINE, Role.CONFIG, Role.SYSTEM_MAP,
-                Role.DTB, Role.DTBO, Role.HANDOVER)
+                Role.DTB, Role.DTBO, Role.HANDOVER, Role.SBOM)
 # A prebuilt initrd whose magic mkspawn does not know is recorded as opaque bytes.
 OPAQUE_INITRD = "application/octet-stream"
 CPIO_MAGICS = tuple(magic for magic, media in INITRD_MAGICS if media == "application/x-cpio")
@@ -41,7 +42,8 @@ def check_roles(path: Path, manifest: Manifest) -> None:
             raise VerifyError(f"{path}: the manifest names {counts[role]} {role} components, expected at most 1",
                               code="bad-roles")
     initrd_media = {media for _magic, media in INITRD_MAGICS} | {OPAQUE_INITRD}
-    allowed = {Role.KERNEL: {KERNEL_MEDIA[manifest.arch]}, Role.VMLINUX: {VMLINUX_MEDIA}, Role.INITRD: initrd_media}
+    allowed = {Role.KERNEL: {KERNEL_MEDIA[manifest.arch]}, Role.VMLINUX: {VMLINUX_MEDIA}, Role.INITRD: initrd_media,
+               Role.SBOM: {SBOM_MEDIA_TYPE}}
     for c in manifest.components:
         if c.role in allowed and c.media_type not in allowed[c.role]:
             raise VerifyError(f"{path}: {c.path}: role {c.role} with media type {c.media_type}, expected "

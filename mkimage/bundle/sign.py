@@ -14,8 +14,10 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
+from mkimage.bundle.attestations import envelope_signatures, read_envelope
 from mkimage.bundle.container import MAX_SIGNATURES, BundleHead, iter_component, write_bundle
-from mkimage.bundle.manifest import Signature
+from mkimage.bundle.manifest import PROVENANCE_MEMBER, Signature
+from mkimage.bundle.provenance import Envelope, subject_problem
 from mkimage.bundle.verify import SigStatus, check_signatures, opened_bundle
 from mkimage.errors import UsageError, VerifyError
 from mkimage.outputs import atomic_output
@@ -45,7 +47,10 @@ def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey], trust: Tru
                 raise VerifyError(
                     f"{path}: the signature by {report.keyid[:16]}… does not verify over the manifest "
                     "(changed after it was signed); refusing to sign it", code="bad-signature")
+        if head.provenance is not None:
+            envelopes.append(_checked_envelope(path, head, known))
 
+    envelopes: list[Envelope] = []
     with opened_bundle(path, check_head) as (f, contents):
         by_keyid: dict[str, bytes] = {sig.keyid: raw for raw, sig in contents.signatures}
         for key in signers:
@@ -60,4 +65,20 @@ def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey], trust: Tru
         ]
         with atomic_output(out) as dest:
             write_bundle(dest, contents.manifest_bytes, list(by_keyid.values()), components,
-                         contents.manifest.provenance.source_date_epoch)
+                         contents.manifest.provenance.source_date_epoch,
+                         provenance=envelopes[0].signed(signers).to_bytes() if envelopes else None)
+
+
+def _checked_envelope(path: Path, head: BundleHead, known: TrustStore) -> Envelope:
+    """The provenance is signed along with the manifest, so the same rule holds: a
+    signature that no longer verifies, or a statement about other bytes, is not vouched for."""
+    envelope, statement = read_envelope(path, head)
+    for keyid, status in envelope_signatures(envelope, known):
+        if status == "invalid":
+            raise VerifyError(f"{path}: {PROVENANCE_MEMBER}: the signature by {keyid[:16]}… does not verify over "
+                              "the statement (changed after it was signed); refusing to sign it",
+                              code="bad-provenance-signature")
+    problem = subject_problem(statement, head.manifest, head.manifest_bytes)
+    if problem is not None:
+        raise VerifyError(f"{path}: {PROVENANCE_MEMBER}: {problem}; refusing to sign it", code="provenance-mismatch")
+    return envelope

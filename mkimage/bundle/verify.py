@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mkimage.bundle.attestations import Evidence, check_provenance, check_sbom, read_evidence
 from mkimage.bundle.container import BundleContents, BundleHead, HeadCheck, iter_component, read_bundle
 from mkimage.bundle.manifest import Manifest, Role, Signature, version_key
 from mkimage.bundle.roles import check_content_types, check_roles
@@ -54,6 +55,7 @@ class BundleReport:
     signatures: tuple[SignatureReport, ...]
     cmdline: str
     handover: Handover | None = None
+    evidence: Evidence | None = None  # the provenance and SBOM, when the bundle carries them
 
     @property
     def trusted_by(self) -> tuple[str, ...]:
@@ -77,6 +79,7 @@ class BundleReport:
             ],
             "provenance": m.provenance.to_dict(),
             "instance": _instance_dict(self.handover),
+            "evidence": None if self.evidence is None else self.evidence.to_dict(),
         }
 
 
@@ -179,16 +182,18 @@ def _handover(f: BinaryIO, contents: BundleContents, path: Path) -> Handover | N
         raise VerifyError(f"{path}: handover.dtb: {e.message}", code=e.code) from None
 
 
-def _report(path: Path, f: BinaryIO, contents: BundleContents, sigs: tuple[SignatureReport, ...]) -> BundleReport:
+def _report(path: Path, f: BinaryIO, contents: BundleContents, sigs: tuple[SignatureReport, ...],
+            evidence: Evidence | None = None) -> BundleReport:
     size = os.fstat(f.fileno()).st_size
-    return BundleReport(path, size, contents.manifest, sigs, _cmdline(f, contents), _handover(f, contents, path))
+    return BundleReport(path, size, contents.manifest, sigs, _cmdline(f, contents), _handover(f, contents, path),
+                        evidence)
 
 
 def inspect_bundle(path: Path, trust: TrustStore) -> BundleReport:
     """Structure and digests are checked; signatures are reported, not required."""
     with opened_bundle(path) as (f, contents):
         sigs = check_signatures(BundleHead(contents.manifest_bytes, contents.manifest, contents.signatures), trust)
-        return _report(path, f, contents, sigs)
+        return _report(path, f, contents, sigs, read_evidence(path, f, contents, trust))
 
 
 def require_trusted(path: Path, sigs: tuple[SignatureReport, ...], trust: TrustStore) -> None:
@@ -221,15 +226,19 @@ def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = No
         _read_state(state_file)
         _probe_writable(state_file)
     sigs: list[SignatureReport] = []
+    provenance = []
 
     def check_head(head: BundleHead) -> None:
         sigs.extend(check_signatures(head, trust))
         require_trusted(path, tuple(sigs), trust)
         check_roles(path, head.manifest)
+        provenance.append(check_provenance(path, head, trust))
 
     with opened_bundle(path, check_head) as (f, contents):
         check_content_types(path, f, contents)
-        report = _report(path, f, contents, tuple(sigs))
+        sbom = check_sbom(path, f, contents)
+        statement, statuses = provenance[0]
+        report = _report(path, f, contents, tuple(sigs), Evidence(statement, statuses, sbom))
     if state_file is not None:
         _check_rollback(path, report.manifest, state_file)
     return report

@@ -75,7 +75,7 @@ def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path
         passphrase_file = passphrase_file or model.bundle.passphrase_file
         passphrase_env = passphrase_env or model.bundle.passphrase_env
     signers = _load_keys(keys, passphrase_file, passphrase_env)
-    result = build_bundle(model, out, signers)
+    result = build_bundle(model, out, signers, overrides=overrides)
     if as_json:
         echo_json(summary(result))
         return
@@ -148,6 +148,22 @@ def _instance_lines(report: BundleReport) -> list[str]:
     return [f"instance:       {inst.name} (id {inst.id})", f"  cpus (APIC):  {cpus}", f"  memory:       {memory}"]
 
 
+def _evidence_lines(report: BundleReport) -> list[str]:
+    evidence = report.evidence
+    if evidence is None:
+        return ["", "evidence:       none (no provenance.dsse.json)"]
+    lines = [""]
+    if evidence.sbom is not None:
+        kinds = ", ".join(f"{n} {t}" for t, n in evidence.sbom.by_type.items())
+        lines.append(f"sbom:           {evidence.sbom.components} components ({kinds}), "
+                     f"{len(evidence.sbom.packages)} Debian packages")
+    s = evidence.statement
+    signed = ", ".join(f"{k[:16]}… {status}" for k, status in evidence.signatures) or "unsigned"
+    lines += [f"provenance:     SLSA v1 by {s.builder_id}: {len(s.subjects)} subjects, {len(s.inputs)} inputs, "
+              f"recipe {s.recipe.name}", f"  signed:       {signed}"]
+    return lines
+
+
 def render_report(report: BundleReport) -> str:
     m = report.manifest
     lines = [
@@ -169,6 +185,7 @@ def render_report(report: BundleReport) -> str:
         lines.append(f"{s.keyid:<66} {s.scheme:<18} {s.status}")
     if not report.signatures:
         lines.append("(unsigned)")
+    lines += _evidence_lines(report)
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from mkimage.bundle.container import write_bundle
 from mkimage.bundle.manifest import Component, Manifest, Provenance, Role, Signature
+from mkimage.bundle.provenance import RecipeParameters, make_envelope
+from mkimage.bundle.sbom import SBOM_MEDIA_TYPE, SBOM_MEMBER, SbomFacts, SbomMember, make_sbom
 from mkimage.bundle.sign import make_signature
 from mkimage.bundle.tarball import BLOCK_SIZE, archive_end, padded_size, write_header
 from mkimage.signing.keys import PassphraseSource, PrivateKey, load_private_key
@@ -48,11 +50,22 @@ def manifest_for(components: Sequence[Component], *, version: str = "1.0") -> Ma
     )
 
 
+def forged_sbom(parts: dict[str, Part]) -> bytes:
+    members = tuple(SbomMember(role.value, name, hashlib.sha256(data).hexdigest(), media)
+                    for name, (role, media, data) in sorted(parts.items()))
+    return make_sbom(SbomFacts("forged", "1.0", "6.12.0", "", EPOCH, "test", members, ()))
+
+
 def write_signed(out: Path, parts: dict[str, Part] | None = None, *, keys: Sequence[PrivateKey] | None = None,
-                 signatures: Sequence[bytes] = (), version: str = "1.0") -> Path:
+                 signatures: Sequence[bytes] = (), version: str = "1.0", evidence: bool = True,
+                 with_provenance: bool | None = None) -> Path:
     """A bundle of ``parts`` (default: kernel, cmdline, initrd) signed by ``keys``
-    (default: the trusted test key) plus any raw ``signatures``."""
-    parts = standard_parts() if parts is None else parts
+    (default: the trusted test key) plus any raw ``signatures``; with ``evidence`` it also
+    carries an SBOM of the parts and a provenance envelope signed by ``keys``
+    (``with_provenance`` alone: the envelope over whatever ``parts`` are)."""
+    parts = dict(standard_parts() if parts is None else parts)
+    if evidence:
+        parts[SBOM_MEMBER] = (Role.SBOM, SBOM_MEDIA_TYPE, forged_sbom(parts))
     files = out.parent / f"{out.name}.parts"
     files.mkdir(exist_ok=True)
     sources = []
@@ -61,10 +74,14 @@ def write_signed(out: Path, parts: dict[str, Part] | None = None, *, keys: Seque
         (files / name).write_bytes(data)
         sources.append((name, files / name))
         components.append(Component(role, name, len(data), hashlib.sha256(data).hexdigest(), media))
-    mbytes = manifest_for(components, version=version).to_bytes()
-    sigs = [make_signature(k, mbytes) for k in (keys if keys is not None else [signing_key()])]
+    manifest = manifest_for(components, version=version)
+    mbytes = manifest.to_bytes()
+    signers = keys if keys is not None else [signing_key()]
+    sigs = [make_signature(k, mbytes) for k in signers]
+    envelope = evidence if with_provenance is None else with_provenance
+    provenance = make_envelope(manifest, mbytes, RecipeParameters("forged.toml", {}, ()), signers) if envelope else None
     with out.open("wb") as f:
-        write_bundle(f, mbytes, [*sigs, *signatures], sources, EPOCH)
+        write_bundle(f, mbytes, [*sigs, *signatures], sources, EPOCH, provenance=provenance)
     return out
 
 

@@ -79,7 +79,7 @@ def test_round_trip_build_verify_inspect(built: Path, trust: Path) -> None:
     assert report["ok"] is True
     assert [s["status"] for s in report["signatures"]] == ["trusted"]
     roles = {c["role"]: c for c in report["components"]}
-    assert set(roles) == {"kernel", "initrd", "cmdline"}
+    assert set(roles) == {"kernel", "initrd", "cmdline", "sbom"}
     assert roles["initrd"]["media_type"] == "application/x-cpio"
     assert report["cmdline"] == "console=ttyS0 panic=-1"
     assert report["provenance"]["source_date_epoch"] == EPOCH
@@ -92,7 +92,8 @@ def test_gnu_tar_lists_the_bundle(built: Path) -> None:
     names = [line.split()[-1] for line in listing.splitlines()]
     assert names[0] == "manifest.json"
     assert names[1].startswith("signatures/") and names[1].endswith(".sig")
-    assert names[2:] == ["bzImage", "cmdline", "initrd"]
+    assert names[2] == "provenance.dsse.json"
+    assert names[3:] == ["bzImage", "cmdline", "initrd", "sbom.cdx.json"]
     assert all(line.startswith("-rw-r--r-- root/root") for line in listing.splitlines())
 
 

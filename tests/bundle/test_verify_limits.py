@@ -85,6 +85,8 @@ def _bundle_with_signatures(tmp_path: Path, extra: list[bytes]) -> Path:
                       key=lambda raw: Signature.from_bytes(raw).member_name)
         members = [("manifest.json", len(contents.manifest_bytes), [contents.manifest_bytes])]
         members += [(Signature.from_bytes(raw).member_name, len(raw), [raw]) for raw in sigs]
+        if contents.provenance is not None:
+            members.append(("provenance.dsse.json", len(contents.provenance), [contents.provenance]))
         for c in contents.manifest.components:
             offset, size = contents.component_offsets[c.path]
             f.seek(offset)
