@@ -10,7 +10,6 @@ the signatures are returned with the exact manifest bytes they must be verified 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from mkimage.bundle.tarball import (
     read_members,
     write_archive,
 )
+from mkimage.digests import StreamSha256, range_sha256
 from mkimage.errors import FormatError
 
 # Bounds on what is read into memory before anything is verified; real manifests are a
@@ -151,17 +151,33 @@ def write_bundle(
 
 
 def _source_chunks(source: ComponentSource, component: Component) -> Iterator[bytes]:
-    """Stream a component, checking it still matches what the manifest promises."""
-    digest = hashlib.sha256()
-    chunks = _read_file(source) if isinstance(source, Path) else source()
-    for chunk in chunks:
-        digest.update(chunk)
-        yield chunk
-    if digest.hexdigest() != component.sha256:
-        raise ValueError(
-            f"{source}: sha256 {digest.hexdigest()} differs from the manifest's "
-            f"{component.sha256} for {component.path!r}"
-        )
+    """Stream a component, checking it still matches what the manifest promises.
+
+    The chunks hashed are the chunks yielded to be written (bytes, so they cannot change
+    in between); the hash runs beside the writing and the check comes before the next
+    member is written.
+    """
+    digest = StreamSha256()
+    try:
+        chunks = _read_file(source) if isinstance(source, Path) else source()
+        for chunk in chunks:
+            digest.update(chunk)
+            yield chunk
+        observed = digest.hexdigest()
+    finally:
+        digest.close()
+    if observed != component.sha256:
+        raise ComponentMismatch(component.path, observed, component.sha256, str(source))
+
+
+class ComponentMismatch(ValueError):
+    """A component's stream did not hash to the manifest's sha256 for it; what was written
+    must be discarded.  A caller bug when the data came from our own files; bad input when
+    a caller streams untrusted bytes (a pull) and reports it as such."""
+
+    def __init__(self, path: str, observed: str, expected: str, source: str) -> None:
+        super().__init__(f"{source}: sha256 {observed} differs from the manifest's {expected} for {path!r}")
+        self.path, self.observed, self.expected = path, observed, expected
 
 
 def _read_file(path: Path) -> Iterator[bytes]:
@@ -175,6 +191,23 @@ def read_bundle(f: BinaryIO, check_head: HeadCheck | None = None) -> BundleConte
 
     ``check_head`` sees the manifest and signatures before any component data is read.
     """
+    return _read(f, check_head, _check_component)
+
+
+def read_layout(f: BinaryIO, check_head: HeadCheck | None = None) -> BundleContents:
+    """``read_bundle`` without hashing the components: every header, the order, the sizes
+    and the padding are checked, the component bytes are not.
+
+    Only for a caller whose component bytes are hashed on another path it relies on: a
+    push (the registry refuses a blob that does not match its digest, a layout store
+    hashes what it copies) or reading back what ``write_bundle`` just wrote (the writer
+    hashed each component as it wrote it).
+    """
+    return _read(f, check_head, _check_size)
+
+
+def _read(f: BinaryIO, check_head: HeadCheck | None,
+          check_component: Callable[[BinaryIO, MemberHeader, Component], None]) -> BundleContents:
     start = f.tell()
     file_end = f.seek(0, os.SEEK_END)
     f.seek(start)
@@ -256,7 +289,7 @@ def read_bundle(f: BinaryIO, check_head: HeadCheck | None = None) -> BundleConte
                 )
             if pending is None or header.name != pending.path:
                 _raise_misplaced(header, pending)
-            _check_component(f, header, component)
+            check_component(f, header, component)
             offsets[header.name] = (header.data_offset, header.size)
             pending = next(expected, None)
         previous = header.name
@@ -351,19 +384,26 @@ def _raise_misplaced(header: MemberHeader, pending: Component | None) -> None:
     )
 
 
-def _check_component(f: BinaryIO, header: MemberHeader, component: Component) -> None:
+def _check_size(_f: BinaryIO, header: MemberHeader, component: Component) -> None:
     if header.size != component.size:
         raise FormatError(
             f"member {header.name!r} size: observed {header.size}, expected {component.size}",
             offset=header.header_offset + SIZE_FIELD_OFFSET,
             code="size-mismatch",
         )
-    digest = hashlib.sha256()
-    for chunk in iter_data(f, header):
-        digest.update(chunk)
-    if digest.hexdigest() != component.sha256:
+
+
+def _check_component(f: BinaryIO, header: MemberHeader, component: Component) -> None:
+    _check_size(f, header, component)
+    # One pass into a reused buffer: verification runs at hashlib's speed.
+    observed, read = range_sha256(f, header.data_offset, header.size)
+    if read != header.size:
+        # read_members checked the length up front, so the file shrank under us.
+        raise FormatError(f"member {header.name!r}: data ends early", offset=header.data_offset + read,
+                          code="truncated")
+    if observed != component.sha256:
         raise FormatError(
-            f"member {header.name!r} sha256: observed {digest.hexdigest()}, "
+            f"member {header.name!r} sha256: observed {observed}, "
             f"expected {component.sha256}",
             offset=header.data_offset,
             code="digest-mismatch",

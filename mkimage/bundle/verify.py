@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -132,14 +133,17 @@ def open_regular(path: Path, what: str) -> BinaryIO:
 
 
 @contextlib.contextmanager
-def opened_bundle(path: Path, check_head: HeadCheck | None = None) -> Iterator[tuple[BinaryIO, BundleContents]]:
+def opened_bundle(path: Path, check_head: HeadCheck | None = None, *,
+                  read: Callable[[BinaryIO, HeadCheck | None], BundleContents] = read_bundle,
+                  ) -> Iterator[tuple[BinaryIO, BundleContents]]:
     """The open file and its structurally verified contents; errors name the file.
 
-    ``check_head`` runs before any component is hashed (see ``read_bundle``).
+    ``check_head`` runs before any component is hashed (see ``read_bundle``); ``read`` is
+    ``read_layout`` only for a push, where the registry checks each component's digest.
     """
     with open_regular(path, "bundle") as f:
         try:
-            contents = read_bundle(f, check_head)
+            contents = read(f, check_head)
         except FormatError as e:
             raise VerifyError(f"{path}: {e.message}", code=e.code) from None
         except OSError as e:
@@ -214,7 +218,23 @@ def require_trusted(path: Path, sigs: tuple[SignatureReport, ...], trust: TrustS
                           code="untrusted-key")
 
 
-def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = None) -> BundleReport:
+# Opens the bundle for verify_bundle: calls the head check before any component byte is
+# read, and yields the file with contents whose component digests were all checked
+# (``opened_bundle``; a pull instead checks the head from the registry's config and
+# signature blobs, then writes the bundle hashing each component as it streams).
+Opener = Callable[[HeadCheck], contextlib.AbstractContextManager[tuple[BinaryIO, BundleContents]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a pulled bundle came from, recorded in the state file with its version."""
+
+    reference: str
+    digest: str  # of the OCI manifest: tags move, digests do not
+
+
+def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = None, opener: Opener | None = None,
+                  origin: Origin | None = None) -> BundleReport:
     """Accept only a structurally valid bundle with a valid signature by a trusted key,
     no invalid signature claiming a trusted key, components whose roles and media types
     agree with their bytes, and no version rollback.
@@ -234,13 +254,13 @@ def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = No
         check_roles(path, head.manifest)
         provenance.append(check_provenance(path, head, trust))
 
-    with opened_bundle(path, check_head) as (f, contents):
+    with (opener or functools.partial(opened_bundle, path))(check_head) as (f, contents):
         check_content_types(path, f, contents)
         sbom = check_sbom(path, f, contents)
         statement, statuses = provenance[0]
         report = _report(path, f, contents, tuple(sigs), Evidence(statement, statuses, sbom))
     if state_file is not None:
-        _check_rollback(path, report.manifest, state_file)
+        _check_rollback(path, report.manifest, state_file, origin)
     return report
 
 
@@ -248,8 +268,15 @@ def verify_bundle(path: Path, trust: TrustStore, *, state_file: Path | None = No
 
 def _read_state(state_file: Path) -> dict[str, str]:
     """The recorded versions; a damaged state file is the operator's input error (exit 2)."""
+    return _read_state_doc(state_file)[0]
+
+
+def _read_state_doc(state_file: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The recorded versions, and the ``pulled`` table (newer than the first format, so
+    optional): per recipe, the version, reference and OCI manifest digest of the last
+    accepted pull."""
     if not os.path.lexists(state_file):
-        return {}
+        return {}, {}
     with open_regular(state_file, "rollback state") as f:
         try:
             data = json.loads(f.read(MAX_STATE_BYTES + 1).decode("utf-8"))
@@ -265,7 +292,13 @@ def _read_state(state_file: Path) -> dict[str, str]:
             version_key(version)
         except ValueError as e:
             raise InputError(f"{state_file}: recorded version of {name!r}: {e}", code="bad-state") from None
-    return dict(recipes)
+    pulled = data.get("pulled", {})
+    if not isinstance(pulled, dict) or not all(
+            isinstance(v, dict) and set(v) == {"version", "reference", "digest"}
+            and all(isinstance(x, str) for x in v.values()) for v in pulled.values()):
+        raise InputError(f"{state_file}: pulled: expected {{recipe: {{version, reference, digest}}}}",
+                         code="bad-state")
+    return dict(recipes), dict(pulled)
 
 
 def _probe_writable(state_file: Path) -> None:
@@ -283,21 +316,36 @@ def _probe_writable(state_file: Path) -> None:
                          code="state-not-writable") from None
 
 
-def _check_rollback(path: Path, manifest: Manifest, state_file: Path) -> None:
-    recipes = _read_state(state_file)
-    seen = recipes.get(manifest.recipe_name)
+def refuse_rollback(path: Path, manifest: Manifest, state_file: Path) -> None:
+    """RollbackError if the state records a newer version of this recipe (nothing written)."""
+    seen = _read_state(state_file).get(manifest.recipe_name)
     if seen is not None and version_key(manifest.recipe_version) < version_key(seen):
         raise RollbackError(
             f"{path}: {manifest.recipe_name} version {manifest.recipe_version} is older than the "
             f"verified {seen} recorded in {state_file}",
         )
-    if seen is None or version_key(manifest.recipe_version) > version_key(seen):
-        recipes[manifest.recipe_name] = manifest.recipe_version
-        _write_state(state_file, recipes)
 
 
-def _write_state(state_file: Path, recipes: Mapping[str, str]) -> None:
-    body = {"_type": STATE_TYPE, "recipes": dict(sorted(recipes.items()))}
+def _check_rollback(path: Path, manifest: Manifest, state_file: Path, origin: Origin | None = None) -> None:
+    refuse_rollback(path, manifest, state_file)
+    recipes, pulled = _read_state_doc(state_file)
+    name, version = manifest.recipe_name, manifest.recipe_version
+    changed = name not in recipes or version_key(version) > version_key(recipes[name])
+    if changed:
+        recipes[name] = version
+    if origin is not None:
+        entry = {"version": version, "reference": origin.reference, "digest": origin.digest}
+        changed = changed or pulled.get(name) != entry
+        pulled[name] = entry
+    if changed:
+        _write_state(state_file, recipes, pulled)
+
+
+def _write_state(state_file: Path, recipes: Mapping[str, str],
+                 pulled: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    body: dict[str, object] = {"_type": STATE_TYPE, "recipes": dict(sorted(recipes.items()))}
+    if pulled:
+        body["pulled"] = dict(sorted(pulled.items()))
     try:
         write_atomic(state_file, (json.dumps(body, indent=2) + "\n").encode())
     except OSError as e:

@@ -13,7 +13,7 @@ from mkimage.commands.options import F, echo_json, json_option, load_trust, stat
 from mkimage.context import default_cache_root
 from mkimage.errors import UsageError
 from mkimage.registry.client import ClientOptions
-from mkimage.registry.reference import Ref, parse_reference
+from mkimage.registry.reference import Ref, RegistryRef, looks_like_host, parse_reference
 from mkimage.registry.transfer import PullResult, open_store, pull_bundle, push_bundle
 from mkimage.signing.trust import TrustStore
 
@@ -57,22 +57,41 @@ def pull_to(ref: Ref, out: Path, trust: TrustStore, state_file: Path | None, opt
 @click.command("push")
 @click.argument("bundle", type=bundle_path)
 @click.argument("reference", metavar="REF")
+@click.option("--from", "mount_from", multiple=True, metavar="REPO",
+              help="Mount blobs this repository of the same registry holds instead of uploading them "
+                   "(repeatable; e.g. the staging repository a release is promoted from).")
 @registry_options
 @json_option
-def push(bundle: Path, reference: str, insecure: bool, insecure_registries: tuple[str, ...], ca_cert: Path | None,
-         timeout_s: float, as_json: bool) -> None:
+def push(bundle: Path, reference: str, mount_from: tuple[str, ...], insecure: bool,
+         insecure_registries: tuple[str, ...], ca_cert: Path | None, timeout_s: float, as_json: bool) -> None:
     """Publish BUNDLE at REF (HOST[:PORT]/REPO[:TAG] or oci:DIR[:TAG]); prints the manifest digest."""
     ref = parse_reference(reference)
     if ref.digest is not None:
         raise UsageError(f"{reference}: push takes a tag, not a digest (the digest is the result)",
                          code="bad-reference")
+    sources = [_source_repository(ref, name) for name in mount_from]
     options = client_options(insecure, insecure_registries, ca_cert, timeout_s)
-    with open_store(ref, options, push=True) as store:
-        result = push_bundle(bundle, ref, store)
+    with open_store(ref, options, push=True, also_pull=sources) as store:
+        result = push_bundle(bundle, ref, store, mount_from=sources)
     if as_json:
         echo_json(result.to_dict())
     else:
         click.echo(result.digest)
+
+
+def _source_repository(ref: Ref, name: str) -> str:
+    """A ``--from`` repository: a name on the registry of ``ref`` (or that registry's
+    HOST/REPO spelled out)."""
+    if not isinstance(ref, RegistryRef):
+        raise UsageError(f"--from {name}: an OCI layout has no other repositories to mount from",
+                         code="bad-reference")
+    # As in docker's names: a first component with a '.' or ':' (or localhost) is a host.
+    named_host = looks_like_host(name.split("/", 1)[0]) and "/" in name
+    source = parse_reference(name if named_host else f"{ref.host}/{name}")
+    if not isinstance(source, RegistryRef) or source.host != ref.host or source.tag or source.digest:
+        raise UsageError(f"--from {name}: expected a repository of {ref.host}, without a tag",
+                         code="bad-reference")
+    return source.repository
 
 
 @click.command("pull")

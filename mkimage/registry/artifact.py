@@ -18,14 +18,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mkimage.bundle.canon import canonical_json
-from mkimage.bundle.container import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, MAX_SIGNATURES, BundleContents
-from mkimage.bundle.manifest import SIGNATURE_DIR, Component, Manifest, Signature
+from mkimage.bundle.container import (
+    MAX_MANIFEST_BYTES,
+    MAX_PROVENANCE_BYTES,
+    MAX_SIGNATURE_BYTES,
+    MAX_SIGNATURES,
+    BundleContents,
+)
+from mkimage.bundle.manifest import PROVENANCE_MEMBER, SIGNATURE_DIR, Component, Manifest, Signature
 from mkimage.errors import FormatError, VerifyError
 
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.mkspawn.bundle.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.mkspawn.bundle.manifest.v1+json"
 SIGNATURE_MEDIA_TYPE = "application/vnd.mkspawn.bundle.signature.v1+json"
+# The bundle's provenance member is a DSSE envelope; this is the media type other tools
+# (cosign, in-toto) give one.
+PROVENANCE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"
 TITLE = "org.opencontainers.image.title"
 CREATED = "org.opencontainers.image.created"
 VERSION = "org.opencontainers.image.version"
@@ -88,6 +97,8 @@ class BundlePlan:
     manifest_bytes: bytes
     manifest: Manifest
     signature_layers: tuple[Descriptor, ...]
+    signatures: tuple[tuple[bytes, Signature], ...]  # in bundle (member name) order
+    provenance_layer: Descriptor | None
     component_layers: tuple[tuple[Component, Descriptor], ...]
 
 
@@ -102,6 +113,9 @@ def artifact_for(contents: BundleContents) -> Artifact:
     config = Descriptor(CONFIG_MEDIA_TYPE, sha256_digest(contents.manifest_bytes), len(contents.manifest_bytes))
     layers = [Descriptor(SIGNATURE_MEDIA_TYPE, sha256_digest(raw), len(raw), sig.member_name)
               for raw, sig in contents.signatures]
+    if contents.provenance is not None:
+        layers.append(Descriptor(PROVENANCE_MEDIA_TYPE, sha256_digest(contents.provenance), len(contents.provenance),
+                                 PROVENANCE_MEMBER))
     layers += [Descriptor(c.media_type, f"sha256:{c.sha256}", c.size, c.path) for c in manifest.components]
     document = {
         "schemaVersion": 2,
@@ -206,6 +220,7 @@ def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[by
     titles = [layer.title for layer in signature_layers]
     if len(set(titles)) != len(titles) or titles != sorted(t or "" for t in titles):
         raise VerifyError(_at(where, "signature layers are not unique and sorted by title"), code="layer-mismatch")
+    parsed: list[tuple[bytes, Signature]] = []
     for layer, raw in zip(signature_layers, signatures, strict=True):
         if layer.size > MAX_SIGNATURE_BYTES:
             raise VerifyError(_at(where, f"signature layer {layer} exceeds {MAX_SIGNATURE_BYTES} bytes"),
@@ -218,8 +233,18 @@ def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[by
             raise VerifyError(_at(where, f"signature layer titled {layer.title!r} holds a signature by "
                                          f"{signature.keyid}"),
                               code="layer-mismatch")
+        parsed.append((raw, signature))
 
     rest = artifact.layers[len(signature_layers) :]
+    provenance_layer = None
+    if rest and rest[0].media_type == PROVENANCE_MEDIA_TYPE:
+        provenance_layer, rest = rest[0], rest[1:]
+        if provenance_layer.title != PROVENANCE_MEMBER:
+            raise VerifyError(_at(where, f"provenance layer titled {provenance_layer.title!r}, expected "
+                                         f"{PROVENANCE_MEMBER!r}"), code="layer-mismatch")
+        if provenance_layer.size > MAX_PROVENANCE_BYTES:
+            raise VerifyError(_at(where, f"provenance layer {provenance_layer} exceeds {MAX_PROVENANCE_BYTES} bytes"),
+                              code="blob-too-large")
     titles = [layer.title for layer in rest]
     paths = [c.path for c in manifest.components]
     for path in paths:
@@ -245,4 +270,4 @@ def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[by
                 raise VerifyError(_at(where, f"layer {component.path!r} {field}: observed {observed!r}, "
                               f"expected {wanted!r} from the config"), code="layer-mismatch")
         pairs.append((component, layer))
-    return BundlePlan(config_bytes, manifest, signature_layers, tuple(pairs))
+    return BundlePlan(config_bytes, manifest, signature_layers, tuple(parsed), provenance_layer, tuple(pairs))

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,7 +109,7 @@ def _reason(e: BaseException) -> str:
 class RegistryClient:
     """One repository on one registry; authentication is negotiated on the first 401."""
 
-    def __init__(self, ref: RegistryRef, options: ClientOptions, *, push: bool) -> None:
+    def __init__(self, ref: RegistryRef, options: ClientOptions, *, push: bool, also_pull: Sequence[str] = ()) -> None:
         check_transport(ref, options)
         self.ref = ref
         self.options = options
@@ -120,7 +120,9 @@ class RegistryClient:
         self._session.headers["User-Agent"] = f"mkspawn/{__version__}"
         self._credentials: Credentials | None = find_credentials(ref.host, options.env)
         self._authorization: str | None = None
-        self._scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+        # A token must also cover the repositories blobs are mounted from.
+        self._scopes = [f"repository:{ref.repository}:{'pull,push' if push else 'pull'}",
+                        *(f"repository:{r}:pull" for r in also_pull if r != ref.repository)]
 
     def close(self) -> None:
         self._session.close()
@@ -190,7 +192,7 @@ class RegistryClient:
         if parts.scheme == "http" and not self.options.insecure:
             raise RegistryError(f"{self.ref.host}: token realm {parts.netloc} is plain HTTP; refusing to send "
                                 "credentials there without --insecure", code="registry-auth-failed")
-        params = {"scope": self._scope}
+        params: dict[str, str | list[str]] = {"scope": self._scopes}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
         auth = (self._credentials.username, self._credentials.password) if self._credentials else None
@@ -271,6 +273,28 @@ class RegistryClient:
                 return False
             self._check(response, f"blob check of {desc}", 200)
             return True
+
+    def mount_blob(self, desc: Descriptor, repositories: Sequence[str]) -> str | None:
+        """Cross-repository mount (``POST …/blobs/uploads/?mount=&from=``) from the first of
+        ``repositories`` that holds the blob; the repository, or None if none could."""
+        for repository in repositories:
+            if repository == self.ref.repository:
+                continue
+            with self._send("HEAD", f"{self._base}/v2/{repository}/blobs/{desc.digest}") as response:
+                if response.status_code != 200:
+                    continue  # not there, or not readable for us: no mount to try
+            url = _with_query(self._url("blobs/uploads/"), mount=desc.digest, **{"from": repository})
+            with self._send("POST", url) as response:
+                if response.status_code == 201:
+                    return repository
+                self._check(response, f"mount of {desc} from {repository}", 202)
+                # Refused (no permission on the source): the registry opened an upload instead.
+                self._cancel(self._location(response))
+        return None
+
+    def _cancel(self, location: str) -> None:
+        with self._send("DELETE", location):
+            pass  # best effort: the registry expires abandoned uploads anyway
 
     def put_blob(self, desc: Descriptor, source: BlobSource, progress: Callable[[int], None]) -> None:
         """Monolithic PUT up to ``chunk_size``; above it, PATCH chunks that resume after a drop."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mkimage.errors import InputError, VerifyError
@@ -127,6 +127,9 @@ class LayoutStore:
             if f"sha256:{digest.hexdigest()}" != desc.digest:
                 raise VerifyError(f"{self.ref}: {desc}: the data read has sha256 {digest.hexdigest()}",
                                   code="digest-mismatch")
+
+    def mount_blob(self, desc: Descriptor, repositories: Sequence[str]) -> str | None:
+        return None  # one directory holds one repository's blobs
 
     def put_manifest(self, data: bytes, tag: str) -> str:
         digest = sha256_digest(data)

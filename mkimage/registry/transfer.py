@@ -1,10 +1,11 @@
 """Push a bundle to a registry or layout, and pull one back: only verified bytes land.
 
 A push uploads what the store lacks (a blob it already holds is skipped, so a bundle
-sharing a kernel with an earlier one uploads no kernel bytes) and then the manifest.
-A pull checks every blob's size and digest as it streams, reassembles the bundle with
-the bundle writer into a temp file beside the output, runs ``verify_bundle`` on it (the
-same check as ``mkspawn verify``), and only then renames it into place.
+sharing a kernel with an earlier one uploads no kernel bytes; one another repository of
+the registry holds is mounted) and then the manifest.  A pull is ``verify_bundle`` (the
+same check as ``mkspawn verify``) over a bundle assembled from the registry: signatures,
+trust and rollback from the small blobs first, then each component streamed into a temp
+file beside the output and hashed once on the way; only then is it renamed into place.
 """
 
 from __future__ import annotations
@@ -16,14 +17,24 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from mkimage.bundle.container import MAX_SIGNATURE_BYTES, write_bundle
-from mkimage.bundle.verify import BundleReport, opened_bundle, verify_bundle
-from mkimage.errors import MkspawnError, RegistryError, VerifyError
+from mkimage import progress
+from mkimage.bundle.container import (
+    MAX_PROVENANCE_BYTES,
+    MAX_SIGNATURE_BYTES,
+    BundleContents,
+    BundleHead,
+    ComponentMismatch,
+    HeadCheck,
+    read_layout,
+    write_bundle,
+)
+from mkimage.bundle.verify import BundleReport, Origin, opened_bundle, refuse_rollback, verify_bundle
+from mkimage.errors import FormatError, MkspawnError, RegistryError, VerifyError
 from mkimage.outputs import atomic_path
 from mkimage.registry.artifact import (
     MAX_OCI_MANIFEST_BYTES,
@@ -54,6 +65,8 @@ class Store(Protocol):
 
     def put_blob(self, desc: Descriptor, source: BlobSource, progress: Callable[[int], None]) -> None: ...
 
+    def mount_blob(self, desc: Descriptor, repositories: Sequence[str]) -> str | None: ...
+
     def put_manifest(self, data: bytes, tag: str) -> str: ...
 
     def get_manifest(self, cap: int) -> bytes: ...
@@ -62,11 +75,12 @@ class Store(Protocol):
 
 
 @contextlib.contextmanager
-def open_store(ref: Ref, options: ClientOptions, *, push: bool) -> Iterator[Store]:
+def open_store(ref: Ref, options: ClientOptions, *, push: bool, also_pull: Sequence[str] = ()) -> Iterator[Store]:
+    """``also_pull``: repositories of the same registry a push may mount blobs from."""
     if isinstance(ref, LayoutRef):
         yield LayoutStore(ref)
         return
-    client = RegistryClient(ref, options, push=push)
+    client = RegistryClient(ref, options, push=push, also_pull=also_pull)
     try:
         yield client
     finally:
@@ -76,11 +90,15 @@ def open_store(ref: Ref, options: ClientOptions, *, push: bool) -> Iterator[Stor
 @dataclass(frozen=True, slots=True)
 class BlobReport:
     desc: Descriptor
-    status: str  # "uploaded" / "skipped" on push, "fetched" on pull
+    status: str  # "uploaded" / "skipped" / "mounted" on push, "fetched" on pull
+    source: str | None = None  # the repository a mounted blob came from
 
     def to_dict(self) -> dict[str, object]:
-        return {"digest": self.desc.digest, "size": self.desc.size, "mediaType": self.desc.media_type,
-                "title": self.desc.title, "status": self.status}
+        d: dict[str, object] = {"digest": self.desc.digest, "size": self.desc.size,
+                                "mediaType": self.desc.media_type, "title": self.desc.title, "status": self.status}
+        if self.source is not None:
+            d["from"] = self.source
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +131,22 @@ class PullResult:
 
 
 class Progress:
-    """Log lines at each quarter of a large transfer (shown with ``-v``)."""
+    """A progress task per large transfer, and log lines at each quarter (shown with ``-v``)."""
 
     def __init__(self, verb: str, desc: Descriptor) -> None:
         self._verb, self._desc, self._done, self._next_quarter = verb, desc, 0, 1
+        self._task: progress.Task | None = None
 
     def __call__(self, n: int) -> None:
         self._done += n
         size = self._desc.size
         if size < PROGRESS_MIN_BYTES:
             return
+        if self._task is None:
+            self._task = progress.start(f"{self._verb}: {self._desc.title}", total=size, unit="bytes")
+        self._task.update(completed=self._done)
+        if self._done >= size:
+            self._task.end()
         while self._next_quarter <= 4 and self._done * 4 >= size * self._next_quarter:
             log.info("%s: %s %d%% (%d of %d MiB)", self._verb, self._desc.title, 25 * self._next_quarter,
                      self._done >> 20, size >> 20)
@@ -158,15 +182,25 @@ def _bytes_source(data: bytes) -> BlobSource:
     return source
 
 
-def push_bundle(bundle: Path, ref: Ref, store: Store) -> PushResult:
-    """Upload the blobs the store lacks, then the manifest under the reference's tag."""
+def push_bundle(bundle: Path, ref: Ref, store: Store, *, mount_from: Sequence[str] = ()) -> PushResult:
+    """Upload the blobs the store lacks, then the manifest under the reference's tag.
+
+    The bundle's structure is read, its components are not hashed first: each one's
+    digest is the manifest's, and the registry refuses a blob whose bytes do not match it
+    (a layout store hashes what it copies), so a damaged bundle fails the push with
+    ``digest-mismatch`` before its manifest is written.  A blob the store already holds is
+    skipped; one that a repository in ``mount_from`` holds is mounted, not uploaded.
+    """
     tag = ref.tag or DEFAULT_TAG
-    with opened_bundle(bundle) as (f, contents):
+    with opened_bundle(bundle, read=read_layout) as (f, contents):
         artifact = artifact_for(contents)
         sources: list[tuple[Descriptor, BlobSource]] = [(artifact.config, _bytes_source(contents.manifest_bytes))]
         signed = len(contents.signatures)
         sources += [(layer, _bytes_source(raw))
                     for layer, (raw, _) in zip(artifact.layers[:signed], contents.signatures, strict=True)]
+        if contents.provenance is not None:
+            sources.append((artifact.layers[signed], _bytes_source(contents.provenance)))
+            signed += 1
         for component, layer in zip(contents.manifest.components, artifact.layers[signed:], strict=True):
             offset, _ = contents.component_offsets[component.path]
             sources.append((layer, functools.partial(_file_source, f, offset)))
@@ -177,8 +211,16 @@ def push_bundle(bundle: Path, ref: Ref, store: Store) -> PushResult:
                 log.info("push: %s: already there, skipped", desc)
                 reports.append(BlobReport(desc, "skipped"))
                 continue
+            mounted = store.mount_blob(desc, mount_from) if mount_from else None
+            if mounted is not None:
+                log.info("push: %s: mounted from %s", desc, mounted)
+                reports.append(BlobReport(desc, "mounted", mounted))
+                continue
             log.info("push: %s: uploading", desc)
-            store.put_blob(desc, source, Progress("push", desc))
+            try:
+                store.put_blob(desc, source, Progress("push", desc))
+            except VerifyError as e:
+                raise VerifyError(f"{bundle}: {e.message}", code=e.code) from None
             reports.append(BlobReport(desc, "uploaded"))
         recorded = store.put_manifest(artifact.manifest_bytes, tag)
     if recorded and recorded != artifact.digest:
@@ -192,10 +234,9 @@ def _file_source(f: BinaryIO, base: int, start: int, length: int) -> FileRange:
     return FileRange(f, base + start, length)
 
 
-def checked_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: str = "pull") -> Generator[bytes]:
+def capped_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: str = "pull") -> Generator[bytes]:
     """The blob's chunks, refused as soon as they exceed the descriptor's size, and at the
-    end unless they are exactly its size and digest."""
-    digest = hashlib.sha256()
+    end unless they are exactly its size.  The digest is for the consumer to check."""
     received = 0
     progress = Progress(verb, desc)
     try:
@@ -203,7 +244,6 @@ def checked_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: st
             received += len(chunk)
             if received > desc.size:
                 raise VerifyError(f"{where}: blob {desc} is larger than its descriptor says", code="blob-too-large")
-            digest.update(chunk)
             progress(len(chunk))
             yield chunk
     finally:
@@ -212,9 +252,21 @@ def checked_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: st
             close()
     if received < desc.size:
         raise VerifyError(f"{where}: blob {desc} ends after {received} bytes", code="truncated")
+
+
+def checked_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: str = "pull") -> Generator[bytes]:
+    """``capped_blob``, and at the end refused unless the chunks have the descriptor's digest."""
+    digest = hashlib.sha256()
+    for chunk in capped_blob(chunks, desc, where, verb):
+        digest.update(chunk)
+        yield chunk
     if f"sha256:{digest.hexdigest()}" != desc.digest:
-        raise VerifyError(f"{where}: blob {desc.title or desc.media_type}: sha256 observed {digest.hexdigest()}, "
-                          f"expected {desc.hex}", code="digest-mismatch")
+        raise _mismatch(where, desc, digest.hexdigest())
+
+
+def _mismatch(where: str, desc: Descriptor, observed: str) -> VerifyError:
+    return VerifyError(f"{where}: blob {desc.title or desc.media_type}: sha256 observed {observed}, "
+                       f"expected {desc.hex}", code="digest-mismatch")
 
 
 def _fetch_small(store: Store, desc: Descriptor, cap: int, where: str) -> bytes:
@@ -234,20 +286,20 @@ def fetch_artifact(ref: Ref, store: Store) -> Artifact:
 
 
 def pull_bundle(ref: Ref, store: Store, out: Path, trust: TrustStore, *, state_file: Path | None = None) -> PullResult:
-    """Fetch, check every digest, reassemble, verify; ``out`` appears only if all passed."""
+    """Fetch, check every digest, reassemble, verify; ``out`` appears only if all passed.
+
+    ``verify_bundle`` runs as for a local file, with the pull as its opener: the
+    signatures, trust, roles and rollback are checked from the config and signature blobs
+    before any component is fetched; each component is hashed once, by the bundle writer,
+    as it streams from the registry into the temp file (the bytes hashed are the bytes
+    written); the file is then read back for its structure, not hashed again.
+    """
     where = str(ref)
     artifact = fetch_artifact(ref, store)
-    config_bytes = _fetch_small(store, artifact.config, artifact.config.size, where)
-    signature_layers = [layer for layer in artifact.layers if layer.media_type == SIGNATURE_MEDIA_TYPE]
-    signatures = [_fetch_small(store, layer, MAX_SIGNATURE_BYTES, where) for layer in signature_layers]
-    plan = plan_bundle(artifact, config_bytes, signatures, where)
-    components = [(component.path, functools.partial(_component_chunks, store, layer, where))
-                  for component, layer in plan.component_layers]
     with atomic_path(out) as tmp:
-        with tmp.open("wb") as f:
-            write_bundle(f, plan.manifest_bytes, signatures, components, plan.manifest.provenance.source_date_epoch)
         try:
-            report = verify_bundle(tmp, trust, state_file=state_file)
+            report = verify_bundle(tmp, trust, state_file=state_file, origin=Origin(where, artifact.digest),
+                                   opener=functools.partial(_pulled, store, artifact, where, tmp, state_file))
         except MkspawnError as e:
             # The temp name means nothing to the user; the reference does.
             e.message = e.message.replace(str(tmp), where)
@@ -257,9 +309,40 @@ def pull_bundle(ref: Ref, store: Store, out: Path, trust: TrustStore, *, state_f
     return PullResult(where, artifact.digest, out, _renamed(report, out), blobs)
 
 
+@contextlib.contextmanager
+def _pulled(store: Store, artifact: Artifact, where: str, tmp: Path, state_file: Path | None,
+            check_head: HeadCheck) -> Iterator[tuple[BinaryIO, BundleContents]]:
+    """``verify_bundle``'s opener for a pull: the head from the registry, then the bundle
+    written into ``tmp`` with every component hashed on its way in."""
+    config_bytes = _fetch_small(store, artifact.config, artifact.config.size, where)
+    signature_layers = [layer for layer in artifact.layers if layer.media_type == SIGNATURE_MEDIA_TYPE]
+    signatures = [_fetch_small(store, layer, MAX_SIGNATURE_BYTES, where) for layer in signature_layers]
+    plan = plan_bundle(artifact, config_bytes, signatures, where)
+    provenance = (None if plan.provenance_layer is None
+                  else _fetch_small(store, plan.provenance_layer, MAX_PROVENANCE_BYTES, where))
+    # Refused here, an untrusted or older bundle costs no component download.
+    check_head(BundleHead(plan.manifest_bytes, plan.manifest, plan.signatures, provenance))
+    if state_file is not None:
+        refuse_rollback(tmp, plan.manifest, state_file)
+    layers = {component.path: layer for component, layer in plan.component_layers}
+    components = [(path, functools.partial(_component_chunks, store, layer, where)) for path, layer in layers.items()]
+    with tmp.open("w+b") as f:
+        try:
+            write_bundle(f, plan.manifest_bytes, signatures, components, plan.manifest.provenance.source_date_epoch,
+                         provenance)
+        except ComponentMismatch as e:
+            raise _mismatch(where, layers[e.path], e.observed) from None
+        f.seek(0)
+        try:
+            contents = read_layout(f)
+        except FormatError as e:
+            raise VerifyError(f"{tmp}: {e.message}", code=e.code) from None
+        yield f, contents
+
+
 def _component_chunks(store: Store, layer: Descriptor, where: str) -> Iterator[bytes]:
     log.info("pull: %s: fetching", layer)
-    return checked_blob(store.iter_blob(layer), layer, where)
+    return capped_blob(store.iter_blob(layer), layer, where)
 
 
 def _renamed(report: BundleReport, path: Path) -> BundleReport:

@@ -6,9 +6,10 @@ import hashlib
 import json
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
-from mkimage.registry.artifact import ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, TITLE
+from mkimage.registry.artifact import ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, PROVENANCE_MEDIA_TYPE, TITLE
 from tests.conftest import needs_tool
 from tests.conftest import run_mkspawn as mkspawn
 from tests.registry.conftest import Registry, free_port
@@ -55,7 +56,14 @@ def test_an_independent_client_reads_the_artifact(plain_registry: Registry, bund
     assert manifest["artifactType"] == ARTIFACT_TYPE
     assert manifest["config"]["mediaType"] == CONFIG_MEDIA_TYPE
     titles = [layer["annotations"][TITLE] for layer in manifest["layers"]]
-    assert titles[0].startswith("signatures/") and titles[1:] == ["bzImage", "cmdline", "initrd"]
+    # One layer per bundle member after manifest.json (the config), in bundle order.
+    with tarfile.open(bundles["demo"]) as tar:
+        members = tar.getnames()
+    assert members[0] == "manifest.json" and titles == members[1:]
+    assert titles[0].startswith("signatures/") and {"bzImage", "cmdline", "initrd"} <= set(titles)
+    media = {layer["annotations"][TITLE]: layer["mediaType"] for layer in manifest["layers"]}
+    if "provenance.dsse.json" in media:
+        assert media["provenance.dsse.json"] == PROVENANCE_MEDIA_TYPE
 
 
 def test_second_push_sharing_the_kernel_uploads_no_kernel_bytes(plain_registry: Registry,

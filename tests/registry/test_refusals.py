@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,63 @@ def test_more_signature_layers_than_a_bundle_may_hold(tmp_path: Path, plain_regi
     line = one_error_line(pull(f"{plain_registry.host}/crafted/many:many", out, trust, "--insecure"), 3)
     assert line.endswith("[too-many-signatures]")
     assert_nothing_written(out)
+
+
+# --- fail fast, and no weaker for it -------------------------------------------------------
+
+
+def _damage(registry: Registry, digest: str) -> None:
+    data = registry.blob_data(digest)
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    data.write_bytes(bytes(damaged))
+
+
+def test_untrusted_or_older_bundle_is_refused_before_any_component_is_fetched(
+        tmp_path: Path, scratch_registry: Registry, bundles: dict[str, Path], trust: Path) -> None:
+    """The signature, trust and rollback checks run on the config and signature blobs; a
+    damaged kernel blob shows the components were never read."""
+    untrusted = push(bundles["untrusted"], f"{scratch_registry.host}/fast/untrusted:1", "--insecure")
+    kernel = next(b for b in untrusted["blobs"] if b["title"] == "bzImage")  # type: ignore[union-attr,index]
+    _damage(scratch_registry, kernel["digest"])
+    out = tmp_path / "x.mkb"
+    done = mkspawn("-v", "pull", f"{scratch_registry.host}/fast/untrusted:1", "-o", out, "--trust", trust,
+                   "--insecure")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines()[-1].endswith("[untrusted-key]")
+    assert "bzImage" not in done.stderr
+    assert_nothing_written(out)
+
+    push(bundles["old"], f"{scratch_registry.host}/fast/old:1", "--insecure")  # shares the damaged kernel
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"_type": "mkspawn-rollback-state", "recipes": {"demo": "1.0.0"}}))
+    done = mkspawn("-v", "pull", f"{scratch_registry.host}/fast/old:1", "-o", out, "--trust", trust, "--insecure",
+                   "--state", state)
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.splitlines()[-1].endswith("[rollback]")
+    assert "bzImage" not in done.stderr
+    assert_nothing_written(out)
+
+
+def test_push_of_a_damaged_bundle_is_refused_by_the_digest_check(tmp_path: Path, scratch_registry: Registry,
+                                                                 bundles: dict[str, Path]) -> None:
+    """A push does not hash the bundle first; the registry's digest check (and the layout
+    store's own) still refuses a component that differs from the manifest, and no
+    manifest is written."""
+    damaged = tmp_path / "damaged.mkb"
+    data = bytearray(bundles["demo"].read_bytes())
+    with tarfile.open(bundles["demo"]) as tar:
+        kernel = tar.getmember("bzImage")
+    data[kernel.offset_data + kernel.size // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    ref = f"{scratch_registry.host}/damaged/demo:1"
+    line = one_error_line(mkspawn("push", damaged, ref, "--insecure"), 3)
+    assert line.startswith(f"mkspawn: error: {damaged}: ") and "bzImage" in line
+    assert line.endswith("[digest-mismatch]")
+    response = requests.get(f"http://{scratch_registry.host}/v2/damaged/demo/manifests/1", timeout=30,
+                            headers={"Accept": OCI_MANIFEST})
+    assert response.status_code == 404
+    layout = tmp_path / "layout"
+    line = one_error_line(mkspawn("push", damaged, f"oci:{layout}:1"), 3)
+    assert "bzImage" in line and line.endswith("[digest-mismatch]")
+    assert not (layout / "index.json").exists()
