@@ -74,6 +74,7 @@ def _install_signal_handlers() -> None:
 
 class _Context:
     debug = False
+    json = False
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -110,7 +111,12 @@ def _main(argv: list[str] | None) -> int:
         verb = next((a for a in args if not a.startswith("-")), None)
         if verb is not None:
             load_command(verb)
-        root.main(args=args, prog_name="mkspawn", standalone_mode=False)
+        # A flag without a value, so its presence anywhere means JSON on stdout: no bars.
+        _Context.json = "--json" in args
+        try:
+            root.main(args=args, prog_name="mkspawn", standalone_mode=False)
+        finally:
+            _close_progress()  # the bars end before any error line is written
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:
@@ -137,6 +143,7 @@ def _main(argv: list[str] | None) -> int:
 
 def _root() -> click.Group:
     import logging
+    import os
 
     import click
 
@@ -147,17 +154,29 @@ def _root() -> click.Group:
     @click.group(cls=_lazy_group_class(), context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="mkspawn")
     @click.option("--debug", is_flag=True, help="Show commands run and tracebacks of failures.")
-    @click.option("-v", "--verbose", is_flag=True, help="Show progress messages.")
-    def cli(debug: bool, verbose: bool) -> None:
+    @click.option("-v", "--verbose", is_flag=True, help="Show what each stage does.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bars: one plain line per stage.")
+    def cli(debug: bool, verbose: bool, quiet: bool) -> None:
         """Build, sign, verify and check boot bundles for multikernel spawned kernels."""
+        from mkimage import progress
+
         _Context.debug = debug
         level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-        handler = logging.StreamHandler(sys.stderr)
+        # Bars only for a person at a terminal; a log, a pipe, --quiet or --json get lines.
+        fancy = not (quiet or _Context.json) and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+        progress.bind(progress.RichRenderer() if fancy else progress.PlainRenderer())
+        handler = progress.LogHandler()
         handler.setFormatter(logging.Formatter("mkspawn: %(message)s"))
         log.handlers[:] = [handler]
         log.setLevel(level)
 
     return cli
+
+
+def _close_progress() -> None:
+    progress = sys.modules.get("mkimage.progress")
+    if progress is not None:
+        progress.renderer().close()
 
 
 def load_command(verb: str) -> click.Command | None:

@@ -29,7 +29,7 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -263,11 +263,13 @@ def encode_header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime:
     return head + name + b"\0" * (1 + (-(HEADER_SIZE + namesize)) % ALIGN)
 
 
-def write_archive(entries: Iterable[CpioEntry], out: Writable, *, source_date_epoch: int) -> int:
+def write_archive(entries: Iterable[CpioEntry], out: Writable, *, source_date_epoch: int,
+                  on_member: Callable[[int], None] | None = None) -> int:
     """Write one complete newc archive (ending in TRAILER!!!) to ``out``; return its size.
 
     ``out`` may be any binary stream; when it is a regular file, file data is copied
     in the kernel (copy_file_range, else sendfile) without passing through Python.
+    ``on_member`` sees the data size of each member once it is written (for progress).
     """
     members = _plan(entries, source_date_epoch)
     sink = _Sink(out)
@@ -280,6 +282,8 @@ def write_archive(entries: Iterable[CpioEntry], out: Writable, *, source_date_ep
         else:
             sink.copy(m.payload, m.name)
         sink.write(b"\0" * (-size % ALIGN))
+        if on_member is not None:
+            on_member(size)
     sink.write(encode_header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, size=0, rdev_major=0,
                              rdev_minor=0, name=TRAILER_NAME))
     sink.flush()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mkimage import progress
 from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import (
@@ -326,10 +327,12 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     jobs = spec.jobs or os.cpu_count() or 1
     compile_argv = [*make, f"-j{jobs}", params.image_target, *(["modules"] if modules else [])]
     _announce(compile_argv, plan.env)
-    progress = _Progress()
+    expected = _expected_objects(cache, plan.inputs[0])
     try:
-        run_streaming(compile_argv, stage="kernel", timeout_s=COMPILE_TIMEOUT_S, env=plan.env,
-                      log_path=log_path, on_line=progress.line)
+        with progress.task("kernel: compile", total=expected, unit="objects") as task:
+            compiled = _Progress(task)
+            run_streaming(compile_argv, stage="kernel", timeout_s=COMPILE_TIMEOUT_S, env=plan.env,
+                          log_path=log_path, on_line=compiled.line)
     except ToolError as e:
         raise ToolError(
             f"kernel: build failed: {_first_error(log_path) or 'make ' + _describe(e)} (log: {log_path})",
@@ -355,11 +358,34 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
         "tools": tools,
         "make": shlex.join(compile_argv),
         "modules": modules,
+        # What the next build of this source expects, for its progress bar's total and ETA.
+        "objects": compiled.objects,
+        "source": list(plan.inputs[0]),
     }
     publish_entry(staging, out, entry)
     # The O= tree is 80+ MB and never reused: a different request is a different key.
     remove_tree(build_dir)
-    log.info("kernel: built %s (%d objects) in %.0fs", release, progress.objects, time.monotonic() - started)
+    log.info("kernel: built %s (%d objects) in %.0fs", release, compiled.objects, time.monotonic() - started)
+
+
+def _expected_objects(cache: KernelCache, source: tuple[str, str, str]) -> int | None:
+    """The object count of the newest earlier build of the same source, or None.
+
+    A different config of the same tree compiles a similar number, which is close enough
+    for an ETA; the entries are few, and entry.json is small."""
+    best: tuple[float, int] | None = None
+    for path in (cache.root / "kernel" / "out").glob(f"*/{ENTRY_NAME}"):
+        try:
+            entry = json.loads(path.read_text())
+            when = path.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        objects = entry.get("objects") if isinstance(entry, dict) else None
+        if not (isinstance(objects, int) and objects > 0 and entry.get("source") == list(source)):
+            continue
+        if best is None or when > best[0]:
+            best = (when, objects)
+    return best[1] if best else None
 
 
 def modules_enabled(config_text: str) -> bool:
@@ -437,10 +463,13 @@ def _make_config(make: Sequence[str], target: str, env: Mapping[str, str]) -> No
 
 
 def _announce(argv: Sequence[str], env: Mapping[str, str]) -> None:
-    """Log the exact command, with the variables that matter, ready to paste into a shell."""
+    """Say which make goals run (-v); under --debug, the exact command with the variables
+    that matter, ready to paste into a shell."""
+    goals = [a for a in argv[1:] if not a.startswith(("-", "/")) and "=" not in a]
+    log.info("kernel: make %s", " ".join(goals))
     shown = {k: v for k, v in env.items() if k.startswith(("KBUILD_", "CCACHE_", "SOURCE_DATE"))}
     prefix = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(shown.items()))
-    log.info("kernel: $ %s %s", prefix, shlex.join(argv))
+    log.debug("kernel: $ %s %s", prefix, shlex.join(argv))
 
 
 def _warn_untrusted(final: str) -> None:
@@ -470,18 +499,20 @@ _PHASES = ("compiling", "linking vmlinux", "building the image")
 
 @dataclasses.dataclass(slots=True)
 class _Progress:
-    """Turns make's output into a few log lines: the phase and the count of compiled objects.
+    """Turns make's output into progress: the count of compiled objects and the phase.
 
     Phases only move forward: the objects compiled after vmlinux is linked are the
     boot wrapper's (arch/x86/boot), so they belong to building the image.
     """
 
+    task: progress.Task
     objects: int = 0
     phase: int = -1
 
     def line(self, text: str) -> None:
         if text.startswith("  CC "):
             self.objects += 1
+            self.task.advance()
             self._advance(0 if self.phase < 1 else 2)
             if self.objects % PROGRESS_EVERY_OBJECTS == 0:
                 log.info("kernel: %s: %d objects compiled", _PHASES[self.phase], self.objects)
@@ -493,4 +524,4 @@ class _Progress:
     def _advance(self, phase: int) -> None:
         if phase > self.phase:
             self.phase = phase
-            log.info("kernel: %s (%d objects compiled so far)", _PHASES[phase], self.objects)
+            self.task.step(f"{_PHASES[phase]} ({self.objects} objects compiled so far)")

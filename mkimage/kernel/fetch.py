@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from mkimage import progress
 from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import KernelCache, locked
@@ -122,10 +123,10 @@ def _verify(path: Path, expected: str, *, url: str) -> None:
 def _download(url: str, part: Path, *, max_bytes: int, retries: int, backoff_s: float) -> None:
     import requests
 
-    with requests.Session() as session:
+    with requests.Session() as session, progress.task(f"kernel: download {_file_name(url)}", unit="bytes") as task:
         for attempt in range(retries + 1):
             try:
-                _attempt(session, url, part, max_bytes=max_bytes)
+                _attempt(session, url, part, max_bytes=max_bytes, task=task)
                 return
             except _Retry as e:
                 if attempt == retries:
@@ -138,7 +139,7 @@ def _download(url: str, part: Path, *, max_bytes: int, retries: int, backoff_s: 
                 time.sleep(delay)
 
 
-def _attempt(session: requests.Session, url: str, part: Path, *, max_bytes: int) -> None:
+def _attempt(session: requests.Session, url: str, part: Path, *, max_bytes: int, task: progress.Task) -> None:
     import requests
 
     have = part.stat().st_size if part.exists() else 0
@@ -166,7 +167,7 @@ def _attempt(session: requests.Session, url: str, part: Path, *, max_bytes: int)
                 raise ToolError(
                     f"download {url}: {total} bytes is over the limit of {max_bytes}", code="download-too-large"
                 )
-            _write_body(resp, part, start=start, total=total, max_bytes=max_bytes, url=url)
+            _write_body(resp, part, start=start, total=total, max_bytes=max_bytes, url=url, task=task)
             if total is not None and part.stat().st_size < total:
                 raise _Retry(f"connection closed at byte {part.stat().st_size} of {total}")
     except requests.exceptions.SSLError as e:
@@ -185,9 +186,11 @@ def _range_start(resp: requests.Response) -> int | None:
 
 
 def _write_body(
-    resp: requests.Response, part: Path, *, start: int, total: int | None, max_bytes: int, url: str
+    resp: requests.Response, part: Path, *, start: int, total: int | None, max_bytes: int, url: str,
+    task: progress.Task,
 ) -> None:
     done = start
+    task.update(completed=done, total=total)
     next_report = _next_mark(done, total)
     with open(part, "r+b" if part.exists() else "wb") as f:
         f.seek(start)
@@ -199,6 +202,7 @@ def _write_body(
             if done > max_bytes:
                 raise ToolError(f"download {url}: more than {max_bytes} bytes", code="download-too-large")
             f.write(chunk)
+            task.update(completed=done)
             if done >= next_report:
                 _report(url, done, total)
                 next_report = _next_mark(done, total)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage import progress
 from mkimage.digests import file_sha256
 from mkimage.errors import InputError, ToolError
 from mkimage.kernel.cache import KernelCache, locked, remove_tree
@@ -102,8 +103,10 @@ def patched_tree(cache: KernelCache, source_tree: Path, source_digest: str, seri
         home.mkdir(parents=True, exist_ok=True)
         _copy_tree(source_tree, work)
         try:
-            for patch in series.patches:
-                apply_patch(work, patch)
+            with progress.task("kernel: patch", total=len(series.patches), unit="patches") as task:
+                for patch in series.patches:
+                    apply_patch(work, patch)
+                    task.advance()
         except BaseException:
             remove_tree(work)
             raise

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage import progress
 from mkimage.digests import file_sha256
 from mkimage.errors import InputError
 from mkimage.kernel.cache import (
@@ -112,7 +113,8 @@ def extract_tarball(cache: KernelCache, tarball: Path, digest: str) -> Path:
         tmp.mkdir(parents=True)
         log.info("kernel: extracting %s", tarball)
         # --no-same-owner: files belong to whoever builds, even when that is root.
-        run(["tar", "-xf", tarball, "-C", tmp, "--no-same-owner"], stage="kernel", timeout_s=EXTRACT_TIMEOUT_S)
+        with progress.task(f"kernel: unpack {tarball.name}"):
+            run(["tar", "-xf", tarball, "-C", tmp, "--no-same-owner"], stage="kernel", timeout_s=EXTRACT_TIMEOUT_S)
         entries = list(tmp.iterdir())
         top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
         if not (top / "Makefile").is_file() or not (top / "Kconfig").is_file():

@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkimage.qemu.console import ConsoleParser, Outcome, clean
+from mkimage import progress
+from mkimage.qemu.console import ConsoleParser, Outcome, Stage, clean
 from mkimage.qemu.params import QemuParams
 from mkimage.run import Streamed, run_until
 
@@ -45,20 +46,31 @@ class BootResult:
     log_path: Path
 
 
+# What a person watching the boot is told as each stage is reached.
+STAGE_LABELS = {Stage.HOST_KERNEL: "host up", Stage.LOADER: "loader", Stage.LOADED: "loaded",
+                Stage.EXEC: "kexec", Stage.SPAWN_KERNEL: "spawn kernel", Stage.SPAWN_USERSPACE: "spawn userspace",
+                Stage.EXPECT: "expect matched"}
+
+
 def boot(request: BootRequest) -> BootResult:
     parser = ConsoleParser(nonce=request.nonce, expect=request.expect)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-
-    def on_line(t: float, line: str) -> bool:
-        shown = clean(line)
-        if shown:
-            tail.append(shown)
-        return parser.feed(line, t) and request.stop_at_verdict
-
     argv = request.params.argv(request.kernel, request.initrd)
     log.info("check: booting %s under %s (deadline %gs, console %s)", request.kernel.name,
              request.params.name, request.timeout_s, request.log_path)
-    streamed = run_until(argv, stage="check", timeout_s=request.timeout_s, log_path=request.log_path,
-                         on_line=on_line)
+    with progress.task(f"check: boot under {request.params.name}") as task:
+
+        def on_line(t: float, line: str) -> bool:
+            shown = clean(line)
+            if shown:
+                tail.append(shown)
+            known = len(parser.stages)
+            verdict = parser.feed(line, t)
+            for stage in list(parser.stages)[known:]:
+                task.step(STAGE_LABELS[stage])
+            return verdict and request.stop_at_verdict
+
+        streamed = run_until(argv, stage="check", timeout_s=request.timeout_s, log_path=request.log_path,
+                             on_line=on_line)
     outcome = parser.outcome(timed_out=streamed.timed_out)
     return BootResult(parser, outcome, streamed, tuple(tail), request.log_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mkimage import progress
 from mkimage.errors import InputError, RecipeError, ToolError
 from mkimage.kernel.build import KernelBuild, build_kernel
 from mkimage.kernel.kconfig import KernelConfigError
@@ -198,12 +200,22 @@ def test_progress_command_and_outputs_on_a_stand_in_tree(tmp_path: Path, caplog:
                          "\t@echo 9.9.9-test > $(O)/include/config/kernel.release\n"
                          "\t@echo \"$$KBUILD_BUILD_TIMESTAMP\" > $(O)/stamp\n")
     spec = KernelSpec(source=KernelSource(dir=tree), options={"A": "y"})
-    caplog.set_level("INFO", logger="mkspawn")
-    built = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0, use_ccache=False)
+    caplog.set_level("DEBUG", logger="mkspawn")
+    shown = io.StringIO()
+    progress.bind(progress.PlainRenderer(shown))
+    try:
+        built = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "cache", source_date_epoch=0,
+                             use_ccache=False)
+    finally:
+        progress.bind(None)
     messages = [r.getMessage() for r in caplog.records]
     assert "kernel: compiling: 200 objects compiled" in messages
-    assert "kernel: linking vmlinux (250 objects compiled so far)" in messages
-    command = next(m for m in messages if m.startswith("kernel: $ ") and m.endswith(" bzImage"))
+    assert "mkspawn: kernel: compile: linking vmlinux (250 objects compiled so far)" in shown.getvalue()
+    # -v names the goals; only --debug (DEBUG) shows the whole command with its variables.
+    assert "kernel: make bzImage" in [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    command = next(r.getMessage() for r in caplog.records
+                   if r.getMessage().startswith("kernel: $ ") and r.getMessage().endswith(" bzImage"))
+    assert next(r for r in caplog.records if r.getMessage() == command).levelname == "DEBUG"
     assert "'KBUILD_BUILD_TIMESTAMP=Thu Jan  1 00:00:00 UTC 1970'" in command
     assert f"make -C {tree} O={tmp_path / 'cache'}/kernel/build/" in command and "ARCH=x86_64 -j" in command
     assert built.release == "9.9.9-test" and built.image.read_text() == "image\n"
