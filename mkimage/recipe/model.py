@@ -588,7 +588,9 @@ class CheckSpec:
     )
     host_recipe: Path | None = field(
         default=None,
-        metadata=setting("Recipe whose kernel is the check's host. Unset: recipes/qemu-host.toml.",
+        metadata=setting("Recipe whose kernel is the check's host. Unset (and no `host_kernel`): a kexec "
+                         "check boots Debian's prebuilt cloud kernel, fetched once into the cache; a "
+                         "multikernel check, or a builder without apt, builds recipes/qemu-host.toml.",
                          check=checks.existing_file,
                          example='"qemu-host.toml"'),
     )
