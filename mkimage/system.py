@@ -277,11 +277,6 @@ class SystemReport:
         }
 
 
-def is_system_target(path: Path) -> bool:
-    """A system directory, or a system manifest file."""
-    return path.is_dir() or path.name == SYSTEM_MANIFEST
-
-
 def _read_manifest(path: Path) -> bytes:
     with open_regular(path, "system manifest") as f:
         data = f.read(MAX_SYSTEM_MANIFEST_BYTES + 1)

@@ -31,6 +31,9 @@ with open(sys.argv[1], "w") as f:
 HEAVY = {"cryptography", "zstandard", "lz4", "elftools", "requests", "urllib3", "rich"}
 # What a bundle's signatures need (cryptography) and its kernel contract check (elftools).
 VERIFY_NEEDS = {"cryptography", "elftools"}
+BUILD_SIDE = {"mkimage.pipeline", "mkimage.system", "mkimage.commands.system", "mkimage.bundle.sign",
+              "mkimage.recipe.load", "mkimage.evidence", "mkimage.reproduce"}
+BUILD_STAGES = {"mkimage.initramfs", "mkimage.acpi", "mkimage.qemu", "mkimage.registry", "mkimage.loader"}
 
 
 def imported_by(tmp_path: Path, *args: object) -> tuple[int, set[str]]:
@@ -69,6 +72,9 @@ def test_read_verbs_skip_compressors_and_network(tmp_path: Path, bundle: Path, v
     # The unsigned bundle is rejected by verify (3); inspect shows it.
     assert code == (3 if verb == "verify" else 0)
     assert tops(modules) & HEAVY <= VERIFY_NEEDS
+    # Reading a bundle needs neither the build side nor signing, nor the stages that only build or boot.
+    assert modules & BUILD_SIDE == set()
+    assert {".".join(m.split(".")[:2]) for m in modules} & BUILD_STAGES == set()
 
 
 def test_every_exported_command_has_one_row() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from mkimage.bundle.canon import (
@@ -38,6 +39,12 @@ SYSTEM_FORMAT_VERSION = 1
 SYSTEM_MANIFEST = "system.json"
 SYSTEM_SIGNATURE_DIR = "signatures"
 MAX_SYSTEM_MANIFEST_BYTES = 1 << 20
+
+
+def is_system_target(path: Path) -> bool:
+    """A system directory, or a system manifest file.  Here, not in mkimage/system.py,
+    so that `verify` and `inspect` of a bundle can ask without importing the build side."""
+    return path.is_dir() or path.name == SYSTEM_MANIFEST
 # KEXEC_MK_ID is 11 bits (multikernel-abi.md §3).
 MK_ID_MAX = 2047
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from mkimage.bundle.sign import sign_bundle
+from mkimage.bundle.system_manifest import is_system_target
 from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
-from mkimage.commands import system as system_command
 from mkimage.commands.options import (
     F,
     echo_json,
@@ -22,11 +22,12 @@ from mkimage.commands.options import (
     trust_option,
 )
 from mkimage.errors import UsageError
-from mkimage.pipeline import build_bundle, summary
-from mkimage.recipe.load import load_recipe
-from mkimage.recipe.system import is_system_file
-from mkimage.signing.keys import PassphraseSource, PrivateKey, key_id, load_private_key
-from mkimage.system import is_system_target
+
+if TYPE_CHECKING:
+    from mkimage.signing.keys import PrivateKey
+
+# The build side (pipeline, every stage, the system builder) and signing are imported
+# inside `build` and `sign`: `verify` and `inspect` start without them.
 
 bundle_path = click.Path(path_type=Path, dir_okay=False)  # an output: refused early when a directory
 
@@ -40,6 +41,8 @@ def _key_options(f: F) -> F:
 
 
 def _load_keys(keys: tuple[Path, ...], passphrase_file: Path | None, passphrase_env: str | None) -> list[PrivateKey]:
+    from mkimage.signing.keys import PassphraseSource, load_private_key
+
     source = PassphraseSource(passphrase_file, passphrase_env or "MKSPAWN_KEY_PASSPHRASE")
     return [load_private_key(k, source, os.environ) for k in keys]
 
@@ -63,6 +66,11 @@ def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path
 
     A system file (a top-level [system] table) builds every spawn into the directory OUT:
     one bundle each, the pool baseline and a signed system manifest (docs/systems.md)."""
+    from mkimage.commands import system as system_command
+    from mkimage.pipeline import build_bundle, summary
+    from mkimage.recipe.load import load_recipe
+    from mkimage.recipe.system import is_system_file
+
     if is_system_file(recipe):
         system_command.build(recipe, out, keys, lambda ks: _load_keys(ks, passphrase_file, passphrase_env),
                              overrides=overrides, strict=strict, jobs=jobs, as_json=as_json)
@@ -96,6 +104,9 @@ def sign(bundle: Path, keys: tuple[Path, ...], out: Path | None, passphrase_file
 
     Refused (exit 3) if a signature already in the bundle does not verify under a key
     of the trust store or a signing key: the manifest changed after it was signed."""
+    from mkimage.bundle.sign import sign_bundle
+    from mkimage.signing.keys import key_id
+
     signers = _load_keys(keys, passphrase_file, passphrase_env)
     sign_bundle(bundle, out or bundle, signers, load_trust(trust_dir, must_exist=False))
     for key in signers:
@@ -112,6 +123,8 @@ def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_jso
 
     A system directory (or its system.json) is verified with every bundle it names."""
     if is_system_target(bundle):
+        from mkimage.commands import system as system_command
+
         system_command.verify(bundle, load_trust(trust_dir), state_file, as_json)
         return
     report = verify_bundle(bundle, load_trust(trust_dir), state_file=state_file)
@@ -130,6 +143,8 @@ def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_jso
 def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
     """Show a bundle's components, signatures and metadata (a system directory: its instances)."""
     if is_system_target(bundle):
+        from mkimage.commands import system as system_command
+
         system_command.inspect(bundle, load_trust(trust_dir, must_exist=False), as_json)
         return
     report = inspect_bundle(bundle, load_trust(trust_dir, must_exist=False))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from mkimage.bundle.system_manifest import is_system_target
 from mkimage.bundle.verify import verify_bundle
 from mkimage.commands import system as system_command
 from mkimage.commands.options import input_file, load_trust, state_option, trust_option
@@ -22,7 +23,6 @@ from mkimage.loader import kexec, multikernel
 from mkimage.loader.errnos import LoaderError, UnsupportedHost
 from mkimage.qemu.check import Mode, extract_payload
 from mkimage.recipe.model import AbiProfile
-from mkimage.system import is_system_target
 
 
 @click.command("load")
