@@ -68,7 +68,8 @@ def debian_kernel(cache_root: Path) -> Path:
         package = _resolve_package()
         log.info("check: fetching the host kernel %s with apt-get download (once; cached)", package)
         staging = staging_dir(out)
-        with tempfile.TemporaryDirectory(prefix="download-", dir=out.parent) as tmp:
+        # Beside out/, not in it: every child of out/ is an entry to `mkspawn cache`.
+        with tempfile.TemporaryDirectory(prefix="download-", dir=out.parent.parent) as tmp:
             work = Path(tmp)
             # As root apt warns that _apt cannot write here and downloads unsandboxed: harmless.
             run(["apt-get", "download", package], stage="check", timeout_s=APT_TIMEOUT_S, cwd=work)
