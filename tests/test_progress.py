@@ -165,3 +165,46 @@ def test_nothing_is_shown_unless_a_renderer_is_bound(capsys: pytest.CaptureFixtu
 def _unbound() -> Iterator[None]:
     yield
     progress.bind(None)
+
+
+def test_a_registry_transfer_reports_its_bytes(tmp_path: Path, synthetic_kernel: Path) -> None:
+    initrd = tmp_path / "initrd.cpio"
+    initrd.write_bytes(b"070701" + os.urandom(9 << 20))  # over the size that earns a progress line
+    (tmp_path / "r.toml").write_text(f'[metadata]\nname = "big"\nversion = "1"\n'
+                                     f'[kernel]\nimage = "{synthetic_kernel}"\ncmdline = "console=ttyS0"\n'
+                                     f'[initramfs]\nimage = "{initrd}"\n')
+    done = run_mkspawn("build", tmp_path / "r.toml", "-o", tmp_path / "big.mkb")
+    assert done.returncode == 0, done.stderr
+    done = run_mkspawn("push", tmp_path / "big.mkb", f"oci:{tmp_path / 'layout'}:big")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("mkspawn: push: ")]
+    assert len(lines) == 2, done.stderr
+    name = lines[0].removesuffix(" (9.0 MiB) …")
+    assert name != lines[0] and lines[1].startswith(f"{name}: done (9.0 MiB, ")
+
+
+def test_a_first_kernel_compile_expects_the_kbuild_object_list(tmp_path: Path) -> None:
+    tree = stand_in_tree(tmp_path, "\t@for i in 1 2 3 4 5; do echo \"  CC      init/o$$i.o\"; done\n"
+                                   "\t@mkdir -p $(O)/arch/x86/boot $(O)/include/config\n"
+                                   "\t@echo image > $(O)/arch/x86/boot/bzImage; echo elf > $(O)/vmlinux\n"
+                                   "\t@echo map > $(O)/System.map\n"
+                                   "\t@echo 9.9.9-test > $(O)/include/config/kernel.release\n")
+    (tree / "Kbuild").write_text("obj-y += init/\nobj-$(CONFIG_B) += off/\n")
+    (tree / "init").mkdir()
+    # Counted: a, b, c (CONFIG_A=y) and the composite's parts p, q; not d (CONFIG_B is
+    # off), not s (assembler: make says AS, not CC), not x (its directory is off).
+    (tree / "init" / "Makefile").write_text("obj-y += a.o \\\n\tb.o\nobj-$(CONFIG_A) += c.o\nobj-$(CONFIG_B) += d.o\n"
+                                            "obj-y += comp.o s.o\ncomp-y := p.o q.o\n")
+    for name in ("a.c", "b.c", "c.c", "d.c", "p.c", "q.c", "s.S"):
+        (tree / "init" / name).write_text("")
+    (tree / "off").mkdir()
+    (tree / "off" / "Makefile").write_text("obj-y += x.o\n")
+    (tree / "off" / "x.c").write_text("")
+    shown = io.StringIO()
+    progress.bind(progress.PlainRenderer(shown))
+    try:
+        build_kernel(KernelSpec(source=KernelSource(dir=tree), options={"A": "y"}), arch="x86_64",
+                     cache_root=tmp_path / "cache", source_date_epoch=0, use_ccache=False)
+    finally:
+        progress.bind(None)
+    assert "mkspawn: kernel: compile (5 objects expected) …" in shown.getvalue()

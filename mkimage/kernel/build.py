@@ -23,7 +23,7 @@ import re
 import shlex
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,7 +327,7 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     jobs = spec.jobs or os.cpu_count() or 1
     compile_argv = [*make, f"-j{jobs}", params.image_target, *(["modules"] if modules else [])]
     _announce(compile_argv, plan.env)
-    expected = _expected_objects(cache, plan.inputs[0])
+    expected = _expected_objects(cache, plan.inputs[0]) or _kbuild_estimate(tree, final, params.srcarch)
     try:
         with progress.task("kernel: compile", total=expected, unit="objects") as task:
             compiled = _Progress(task)
@@ -366,6 +366,58 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     # The O= tree is 80+ MB and never reused: a different request is a different key.
     remove_tree(build_dir)
     log.info("kernel: built %s (%d objects) in %.0fs", release, compiled.objects, time.monotonic() - started)
+
+
+# An object list assignment in a kbuild Makefile: obj-y, lib-$(CONFIG_X), foo-objs, …
+_KBUILD_LIST = re.compile(r"^([A-Za-z0-9_.-]+)-(y|m|objs|\$\(CONFIG_([A-Za-z0-9_]+)\))\s*[:+]?=(.*)$")
+
+
+def _kbuild_estimate(tree: Path, config_text: str, srcarch: str) -> int | None:
+    """How many objects ``config_text`` compiles, read from kbuild's own lists: from the
+    top-level Kbuild (and the ``libs-y``/``core-y`` directories of the top and arch
+    Makefiles) down every directory an enabled list names, counting each ``.o`` of an
+    enabled list built from a C file, a composite object (``foo-y := a.o b.o``) by its
+    parts.  An estimate
+    (make conditionals are not modelled), good for a first build's ETA."""
+    enabled = {name for name, r in parse_config(config_text).items() if r.value in ("y", "m")}
+
+    def lists(path: Path) -> Iterator[tuple[str, list[str]]]:
+        try:
+            text = path.read_text(errors="replace").replace("\\\n", " ").replace("$(SRCARCH)", srcarch)
+        except OSError:
+            return
+        for line in text.splitlines():
+            m = _KBUILD_LIST.match(line.strip())
+            if m is not None and (m[3] is None or m[3] in enabled):
+                yield m[1], m[4].split()
+
+    todo = [tree]
+    for makefile in (tree / "Makefile", tree / "arch" / srcarch / "Makefile"):
+        todo += [tree / d for name, words in lists(makefile) if name in ("core", "drivers", "libs")
+                 for d in words if d.endswith("/")]
+    seen: set[Path] = set()
+    parts: dict[tuple[Path, str], set[str]] = {}
+    while todo:
+        directory = todo.pop()
+        if directory in seen or not directory.is_dir():
+            continue
+        seen.add(directory)
+        kbuild = directory / "Kbuild"
+        for name, words in lists(kbuild if kbuild.is_file() else directory / "Makefile"):
+            todo += [directory / w for w in words if w.endswith("/") and "$" not in w]
+            parts.setdefault((directory, name), set()).update(w for w in words if w.endswith(".o"))
+
+    def compiled(directory: Path, obj: str, depth: int = 0) -> int:
+        # A composite counts by its parts, and only when an enabled list links it in.
+        members = parts.get((directory, obj[:-2])) if depth < 4 else None
+        if members is not None:
+            return sum(compiled(directory, o, depth + 1) for o in members)
+        # make's "CC" lines are what the bar counts: objects built from C sources.
+        return 1 if (directory / f"{obj[:-2]}.c").is_file() else 0
+
+    count = sum(compiled(directory, o) for (directory, name), objects in parts.items() if name in ("obj", "lib")
+                for o in objects)
+    return count or None
 
 
 def _expected_objects(cache: KernelCache, source: tuple[str, str, str]) -> int | None:
