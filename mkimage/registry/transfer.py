@@ -152,6 +152,11 @@ class Progress:
                      self._done >> 20, size >> 20)
             self._next_quarter += 1
 
+    def failed(self) -> None:
+        """The transfer stopped short: its bar ends as failed rather than hanging on."""
+        if self._task is not None:
+            self._task.end(ok=False)
+
 
 class FileRange:
     """Part of an open file as a request body: ``read`` in blocks, ``len`` for Content-Length."""
@@ -217,10 +222,15 @@ def push_bundle(bundle: Path, ref: Ref, store: Store, *, mount_from: Sequence[st
                 reports.append(BlobReport(desc, "mounted", mounted))
                 continue
             log.info("push: %s: uploading", desc)
+            shown = Progress("push", desc)
             try:
-                store.put_blob(desc, source, Progress("push", desc))
+                store.put_blob(desc, source, shown)
             except VerifyError as e:
+                shown.failed()
                 raise VerifyError(f"{bundle}: {e.message}", code=e.code) from None
+            except BaseException:
+                shown.failed()
+                raise
             reports.append(BlobReport(desc, "uploaded"))
         recorded = store.put_manifest(artifact.manifest_bytes, tag)
     if recorded and recorded != artifact.digest:
@@ -239,6 +249,7 @@ def capped_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: str
     end unless they are exactly its size.  The digest is for the consumer to check."""
     received = 0
     progress = Progress(verb, desc)
+    whole = False
     try:
         for chunk in chunks:
             received += len(chunk)
@@ -246,7 +257,10 @@ def capped_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: str
                 raise VerifyError(f"{where}: blob {desc} is larger than its descriptor says", code="blob-too-large")
             progress(len(chunk))
             yield chunk
+        whole = received == desc.size
     finally:
+        if not whole:
+            progress.failed()
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
