@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -241,6 +242,16 @@ def synthetic_kernel(tmp_path_factory: pytest.TempPathFactory, synthetic_bzimage
     path = tmp_path_factory.mktemp("synthetic") / "bzImage"
     path.write_bytes(synthetic_bzimage)
     return path
+
+
+# The lines a command prints on stderr off a terminal while it works (mkimage/progress.py
+# PlainRenderer): a task's start, each of its steps and its end.
+_PROGRESS_LINE = re.compile(r"^mkspawn: (?!error: ).*(?: …|: done \(.*\)| \(\d+\.\d s\))$")
+
+
+def without_progress(stderr: str) -> list[str]:
+    """stderr's lines less the progress lines: what a failure printed besides its work."""
+    return [line for line in stderr.splitlines() if not _PROGRESS_LINE.match(line)]
 
 
 def run_mkspawn(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,

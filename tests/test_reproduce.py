@@ -13,13 +13,13 @@ import pytest
 
 from mkimage.reproduce import _compare, _read_recorded
 from tests.bundle.evidence_helpers import build, write_recipe_dir
-from tests.conftest import REPO, needs_tool
+from tests.conftest import REPO, needs_tool, without_progress
 from tests.conftest import run_mkspawn as mkspawn
 
 
 def one_line(done: subprocess.CompletedProcess[str], status: int) -> str:
     assert done.returncode == status, (done.stdout, done.stderr)
-    lines = done.stderr.splitlines()
+    lines = without_progress(done.stderr)
     assert len(lines) == 1 and "Traceback" not in done.stderr, lines
     return lines[0]
 

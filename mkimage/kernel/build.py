@@ -377,8 +377,7 @@ def _kbuild_estimate(tree: Path, config_text: str, srcarch: str) -> int | None:
     top-level Kbuild (and the ``libs-y``/``core-y`` directories of the top and arch
     Makefiles) down every directory an enabled list names, counting each ``.o`` of an
     enabled list built from a C file, a composite object (``foo-y := a.o b.o``) by its
-    parts.  An estimate
-    (make conditionals are not modelled), good for a first build's ETA."""
+    parts.  An estimate (make conditionals are not modelled), good for a first build's ETA."""
     enabled = {name for name, r in parse_config(config_text).items() if r.value in ("y", "m")}
 
     def lists(path: Path) -> Iterator[tuple[str, list[str]]]:

@@ -39,7 +39,7 @@ from mkimage.initramfs.newc import CpioEntry, write_archive
 from mkimage.initramfs.userland import tree_entries
 from mkimage.recipe.model import Compression, InitramfsSpec, NodeItem, NodeType, TreeItem
 from mkimage.run import run
-from mkimage.store import load_entry, locked, publish_entry, staging_dir, stat_key
+from mkimage.store import load_entry, locked, mark_used, publish_entry, staging_dir, stat_key
 
 PYTHON = Path("/usr/bin/python3.11")  # Debian's: libpython linked in, no RUNPATH
 STDLIB = Path("/usr/lib/python3.11")
@@ -108,6 +108,7 @@ def python_runtime(cache_dir: Path) -> Path:
     """A tree (usr/lib/python3.11/…) with the stdlib subset and the loader, cached by key."""
     out = cache_dir / f"pyruntime-{runtime_key()}"
     if out.is_dir():
+        mark_used(out)
         return out
     tmp = cache_dir / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ from mkimage.qemu.console import Outcome, Stage
 from mkimage.qemu.hostfs import SpawnPayload
 from mkimage.recipe.model import InitramfsSpec
 from tests.conftest import run_mkspawn as mkspawn
+from tests.conftest import without_progress
 from tests.qemu.conftest import EPOCH, cache_root, make_bundle, qemu_processes
 
 pytestmark = pytest.mark.slow
@@ -69,7 +70,7 @@ def test_multikernel_mode_on_a_stock_host_says_it_lacks_multikernel_support(
     done = mkspawn("check", minimal_bundle, "--mode", "multikernel", "--host-kernel", tiny_host.image,
                    "--trust", trust_dir, "--timeout", "60", "--log-dir", no_stray_qemu)
     assert done.returncode == 4, done.stdout + done.stderr
-    (line,) = done.stderr.splitlines()
+    (line,) = without_progress(done.stderr)
     assert "host kernel lacks multikernel support" in line and "[check-unsupported-host]" in line
     assert "no 'multikernel' filesystem" in line
 

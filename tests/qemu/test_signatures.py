@@ -19,7 +19,7 @@ from mkimage.qemu.console import Outcome
 from mkimage.qemu.hostfs import SpawnPayload
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.authenticode import sign_image
-from tests.conftest import needs_tool
+from tests.conftest import needs_tool, without_progress
 from tests.conftest import run_mkspawn as mkspawn
 from tests.qemu.conftest import REPO, cache_root, make_bundle
 from tests.signing.kexec_ca import KexecCA, kexec_ca
@@ -91,5 +91,5 @@ def test_check_cli_passes_a_signed_bundle_and_fails_an_unsigned_one(
     assert done.returncode == 4, done.stdout + done.stderr
     assert "ENODATA (61), signature: signature failure" in done.stdout
     assert "reached loader" in done.stdout and "last " in done.stdout
-    (line,) = done.stderr.splitlines()
+    (line,) = without_progress(done.stderr)
     assert "returned ENODATA (61): signature failure" in line and "stage loader" in line
