@@ -1,5 +1,5 @@
-"""The streamed digests against hashlib over the same bytes, on both sides of the size
-where range_sha256 starts hashing in a worker thread."""
+"""The streamed digests against hashlib over the same bytes, on both sides of
+range_sha256's buffer size."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ import pytest
 
 from mkimage import digests
 
-DATA = random.Random(5).randbytes(3 * digests.CHUNK + 12345)
+DATA = random.Random(5).randbytes(3 * digests.HASH_BUFFER + 12345)
 
 
 @pytest.mark.parametrize(("offset", "size"), [
-    (0, 0), (3, 100), (0, 2 * digests.CHUNK), (1, 2 * digests.CHUNK + 1), (7, len(DATA) - 7),
-    (512, 3 * digests.CHUNK),
-], ids=["empty", "small", "at-threshold", "threaded", "to-the-end", "chunk-multiple"])
+    (0, 0), (3, 100), (0, 2 * digests.HASH_BUFFER), (1, 2 * digests.HASH_BUFFER + 1), (7, len(DATA) - 7),
+    (512, 3 * digests.HASH_BUFFER),
+], ids=["empty", "small", "two-buffers", "two-buffers-and-a-byte", "to-the-end", "buffer-multiple"])
 def test_range_sha256_is_hashlib_over_the_range(offset: int, size: int) -> None:
     assert digests.range_sha256(io.BytesIO(DATA), offset, size) == (
         hashlib.sha256(DATA[offset:offset + size]).hexdigest(), size)
 
 
-@pytest.mark.parametrize("size", [100, 3 * digests.CHUNK], ids=["small", "threaded"])
+@pytest.mark.parametrize("size", [100, 3 * digests.HASH_BUFFER], ids=["small", "several-buffers"])
 def test_range_sha256_reports_a_file_that_ends_early(size: int) -> None:
     short = DATA[: size // 2]
     assert digests.range_sha256(io.BytesIO(short), 0, size) == (hashlib.sha256(short).hexdigest(), len(short))
@@ -36,16 +36,8 @@ def test_file_sha256(tmp_path: Path) -> None:
     assert digests.file_sha256(path) == hashlib.sha256(DATA).hexdigest()
 
 
-def test_stream_sha256_hashes_what_it_was_given() -> None:
-    stream = digests.StreamSha256(depth=2)
-    for i in range(0, len(DATA), 100_000):
-        stream.update(DATA[i:i + 100_000])
-    assert stream.hexdigest() == hashlib.sha256(DATA).hexdigest()
-    stream.close()  # a second close is harmless
-
-
 def test_read_bundle_catches_a_flipped_byte_deep_in_a_large_member() -> None:
-    """The verify path (read_bundle) over a member larger than the threaded threshold."""
+    """The verify path (read_bundle) over a member many hash buffers long."""
     from mkimage.bundle.container import read_bundle, write_bundle
     from mkimage.bundle.manifest import Component, Manifest, Provenance, Role
     from mkimage.errors import FormatError
