@@ -239,7 +239,7 @@ def _maps(pid: int) -> str:
 @pytest.fixture(scope="module")
 def big_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trusted bundle whose kernel is 1 GiB of zeros (a hole): verifying it takes seconds."""
-    return write_sparse(tmp_path_factory.mktemp("big") / "big.mkb", 1 << 30, keys=[signing_key()])
+    return write_sparse(tmp_path_factory.mktemp("big") / "big.mkb", 1 << 30, keys=[signing_key()], evidence=True)
 
 
 def test_sigterm_while_signing_cleans_up(tmp_path: Path, big_bundle: Path) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from mkimage.bundle.container import write_bundle
-from mkimage.bundle.manifest import Component, Manifest, Provenance, Role, Signature
+from mkimage.bundle.manifest import PROVENANCE_MEMBER, Component, Manifest, Provenance, Role, Signature
 from mkimage.bundle.provenance import RecipeParameters, make_envelope
 from mkimage.bundle.sbom import SBOM_MEDIA_TYPE, SBOM_MEMBER, SbomFacts, SbomMember, make_sbom
 from mkimage.bundle.sign import make_signature
@@ -95,21 +96,42 @@ def zeros_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
-def write_sparse(out: Path, size: int, *, sha256: str | None = None, keys: Sequence[PrivateKey] = ()) -> Path:
-    """A bundle whose one kernel component is ``size`` zero bytes, stored as a hole.
+def write_sparse(out: Path, size: int, *, sha256: str | None = None, keys: Sequence[PrivateKey] = (),
+                 evidence: bool = False) -> Path:
+    """A bundle whose kernel component is ``size`` zero bytes, stored as a hole.
 
     ``sha256`` is what the manifest claims (default: the real digest, which costs a
-    pass over ``size`` zeros)."""
-    component = Component(Role.KERNEL, "bzImage", size, sha256 or zeros_sha256(size), BZIMAGE)
-    mbytes = manifest_for([component]).to_bytes()
+    pass over ``size`` zeros).  With ``evidence`` it also carries an SBOM and a provenance
+    envelope signed by ``keys``, so it passes every check made before components are hashed.
+    """
+    kernel = Component(Role.KERNEL, "bzImage", size, sha256 or zeros_sha256(size), BZIMAGE)
+    components = [kernel]
+    sbom = b""
+    if evidence:
+        member = SbomMember(Role.KERNEL.value, kernel.path, kernel.sha256, BZIMAGE)
+        sbom = make_sbom(SbomFacts("forged", "1.0", "6.12.0", "", EPOCH, "test", (member,), ()))
+        components.append(Component(Role.SBOM, SBOM_MEMBER, len(sbom), hashlib.sha256(sbom).hexdigest(),
+                                    SBOM_MEDIA_TYPE))
+    manifest = manifest_for(components)
+    mbytes = manifest.to_bytes()
     sigs = sorted((f"signatures/{_keyid(raw)}.sig", raw) for raw in (make_signature(k, mbytes) for k in keys))
+    heads = [("manifest.json", mbytes), *sigs]
+    if evidence:
+        heads.append((PROVENANCE_MEMBER, make_envelope(manifest, mbytes, RecipeParameters("forged.toml", {}, ()),
+                                                       keys)))
     with out.open("wb") as f:
-        for name, data in [("manifest.json", mbytes), *sigs]:
-            f.write(write_header(name, len(data), EPOCH) + data + bytes(padded_size(len(data)) - len(data)))
+        for name, data in heads:
+            _write_member(f, name, data)
         f.write(write_header("bzImage", size, EPOCH))
-        data_end = f.tell() + padded_size(size)
-        f.truncate(archive_end(data_end))
+        f.seek(padded_size(size), 1)  # a hole: the zeros cost no disk blocks
+        if evidence:
+            _write_member(f, SBOM_MEMBER, sbom)
+        f.truncate(archive_end(f.tell()))
     return out
+
+
+def _write_member(f: BinaryIO, name: str, data: bytes) -> None:
+    f.write(write_header(name, len(data), EPOCH) + data + bytes(padded_size(len(data)) - len(data)))
 
 
 def _keyid(raw_signature: bytes) -> str:
