@@ -14,7 +14,6 @@ used within ``IN_USE_GRACE_S`` counts as in use too: its reader may still be cop
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mkimage.errors import UsageError
-from mkimage.store import remove_tree
+from mkimage.store import remove_tree, try_locked
 
 IN_USE_GRACE_S = 600
 TRASH = "trash"
@@ -188,17 +187,8 @@ def _try_lock(path: Path | None) -> Iterator[bool]:
     if path is None:
         yield True
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with try_locked(path) as free:
+        yield free
 
 
 def _builds_running(root: Path) -> bool:

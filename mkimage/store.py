@@ -36,17 +36,38 @@ def locked(path: Path, what: str, *, stage: str = "kernel") -> Iterator[None]:
     The kernel releases the lock when the process dies, so a crashed build never
     leaves a stale lock behind; the work it guarded is redone from scratch.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lock_fd(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_now(fd):
             log.info("%s: waiting for another process working on %s", stage, what)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing drops the lock
+
+
+@contextlib.contextmanager
+def try_locked(path: Path) -> Iterator[bool]:
+    """The lock of ``locked`` if it is free now, without waiting: False while another
+    process holds it (cache care skips what a running build is using)."""
+    fd = _lock_fd(path)
+    try:
+        yield _lock_now(fd)
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def _lock_fd(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _lock_now(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def digest_tree(root: Path, *, exclude: frozenset[str] = frozenset()) -> dict[str, str]:
