@@ -270,3 +270,35 @@ def run_mkspawn(*args: object, cwd: Path | None = None, env: dict[str, str] | No
     }
     return subprocess.run([sys.executable, "-m", "mkimage", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=timeout_s)
+
+
+# --- recipes ---------------------------------------------------------------------------
+
+RECIPE_EPOCH = 1_700_000_000
+EMPTY_NEWC = b"070701" + b"0" * 104
+
+
+def prebuilt_recipe(directory: Path, kernel: Path | str, *, name: str = "demo", version: str = "1.0.0",
+                    cmdline: str = "console=ttyS0 panic=-1", initrd: Path | str | None = None,
+                    epoch: int = RECIPE_EPOCH, extra: str = "") -> Path:
+    """``directory/spawn.toml`` around a prebuilt kernel: the cheapest recipe the real
+    builder takes.  Without ``initrd`` a minimal newc archive is written beside it;
+    ``extra`` is appended to the recipe verbatim."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if initrd is None:
+        (directory / "initrd.cpio").write_bytes(EMPTY_NEWC)
+        initrd = "initrd.cpio"
+    recipe = directory / "spawn.toml"
+    recipe.write_text(f"""
+[metadata]
+name = "{name}"
+version = "{version}"
+source_date_epoch = {epoch}
+[kernel]
+image = "{kernel}"
+cmdline = "{cmdline}"
+[initramfs]
+image = "{initrd}"
+{extra}
+""")
+    return recipe

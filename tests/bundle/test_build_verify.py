@@ -19,7 +19,7 @@ from mkimage.kernel.elfnote import MK_NOTE_TYPE
 from mkimage.signing.keys import PassphraseSource, load_private_key
 from mkimage.signing.trust import load_trust_store
 from tests.bundle.forge import write_signed
-from tests.conftest import BzImageFactory
+from tests.conftest import BzImageFactory, prebuilt_recipe
 from tests.conftest import run_mkspawn as mkspawn
 
 KEYS = Path(__file__).resolve().parents[1] / "data" / "keys"
@@ -46,21 +46,7 @@ def trust(tmp_path: Path) -> Path:
 def write_recipe(directory: Path, kernel: Path, *, version: str = "1.0.0", extra: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(kernel, directory / "bzImage")
-    (directory / "initrd.cpio").write_bytes(b"070701" + b"0" * 104)
-    recipe = directory / "spawn.toml"
-    recipe.write_text(f"""
-[metadata]
-name = "demo"
-version = "{version}"
-source_date_epoch = {EPOCH}
-[kernel]
-image = "bzImage"
-cmdline = "console=ttyS0 panic=-1"
-[initramfs]
-image = "initrd.cpio"
-{extra}
-""")
-    return recipe
+    return prebuilt_recipe(directory, "bzImage", version=version, epoch=EPOCH, extra=extra)
 
 
 @pytest.fixture

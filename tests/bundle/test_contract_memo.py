@@ -10,6 +10,7 @@ import pytest
 from mkimage.errors import MkspawnError
 from mkimage.pipeline import build_bundle
 from mkimage.recipe.load import load_recipe
+from tests.conftest import prebuilt_recipe
 
 EPOCH = 1_700_000_000
 
@@ -17,20 +18,7 @@ EPOCH = 1_700_000_000
 def recipe_for(directory: Path, kernel: bytes, cmdline: str = "console=ttyS0") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "bzImage").write_bytes(kernel)
-    (directory / "initrd.cpio").write_bytes(b"070701" + b"0" * 104)
-    path = directory / "spawn.toml"
-    path.write_text(f"""
-[metadata]
-name = "memo"
-version = "1.0.0"
-source_date_epoch = {EPOCH}
-[kernel]
-image = "bzImage"
-cmdline = "{cmdline}"
-[initramfs]
-image = "initrd.cpio"
-""")
-    return path
+    return prebuilt_recipe(directory, "bzImage", name="memo", cmdline=cmdline, epoch=EPOCH)
 
 
 def memos(cache: Path) -> list[str]:

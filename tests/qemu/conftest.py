@@ -17,7 +17,7 @@ from mkimage.qemu.check import HostKernel, resolve_host_kernel
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import InitramfsSpec
 from mkimage.signing.keys import PassphraseSource, load_private_key
-from tests.conftest import needs_tool
+from tests.conftest import needs_tool, prebuilt_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = REPO / "tests" / "data" / "keys"
@@ -79,19 +79,7 @@ def trust_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_bundle(directory: Path, kernel: Path, initrd: Path, cmdline: str = "console=ttyS0 panic=-1") -> Path:
     """A bundle signed with the test key (tests/data/keys), through the bundle builder."""
-    directory.mkdir(parents=True, exist_ok=True)
-    recipe_path = directory / "spawn.toml"
-    recipe_path.write_text(f"""
-[metadata]
-name = "check-test"
-version = "1.0.0"
-source_date_epoch = {EPOCH}
-[kernel]
-image = "{kernel}"
-cmdline = "{cmdline}"
-[initramfs]
-image = "{initrd}"
-""")
+    recipe_path = prebuilt_recipe(directory, kernel, name="check-test", cmdline=cmdline, initrd=initrd, epoch=EPOCH)
     key = load_private_key(KEYS / "test-ed25519.pem", PassphraseSource(None, "UNSET"), {})
     out = directory / "spawn.mkb"
     build_bundle(load_recipe(recipe_path), out, [key])

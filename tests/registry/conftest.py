@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from mkimage.pipeline import build_bundle
 from mkimage.recipe.load import load_recipe
 from mkimage.signing.keys import PassphraseSource, load_private_key
-from tests.conftest import SYNTH_RELEASE, missing
+from tests.conftest import SYNTH_RELEASE, missing, prebuilt_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = REPO / "tests" / "data" / "keys"
@@ -181,21 +181,7 @@ def docker_config(directory: Path, host: str, user: str, password: str) -> Path:
 def make_bundle(directory: Path, kernel: Path, *, cmdline: str = "console=ttyS0 panic=-1", version: str = "1.0.0",
                 key: str = "test-ed25519.pem", name: str = "demo") -> Path:
     """A bundle built by the real builder from a prebuilt kernel, signed by a test key."""
-    directory.mkdir(parents=True, exist_ok=True)
-    initrd = directory / "initrd.cpio"
-    initrd.write_bytes(b"070701" + b"0" * 104)
-    recipe = directory / "spawn.toml"
-    recipe.write_text(f"""
-[metadata]
-name = "{name}"
-version = "{version}"
-source_date_epoch = {EPOCH}
-[kernel]
-image = "{kernel}"
-cmdline = "{cmdline}"
-[initramfs]
-image = "{initrd}"
-""")
+    recipe = prebuilt_recipe(directory, kernel, name=name, version=version, cmdline=cmdline, epoch=EPOCH)
     signer = load_private_key(KEYS / key, PassphraseSource(None, "UNSET"), {})
     out = directory / f"{name}-{version}.mkb"
     build_bundle(load_recipe(recipe), out, [signer])
