@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mkimage.artifacts import Role
 from mkimage.bundle.canon import canonical_json
 from mkimage.bundle.container import (
     MAX_MANIFEST_BYTES,
@@ -26,9 +27,13 @@ from mkimage.bundle.container import (
     BundleContents,
 )
 from mkimage.bundle.manifest import PROVENANCE_MEMBER, SIGNATURE_DIR, Component, Manifest, Signature
-from mkimage.errors import FormatError, VerifyError
+from mkimage.errors import FormatError, RegistryError, VerifyError
 
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+# A referrer's config: image-spec v1.1's empty descriptor, which requires an artifactType.
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
 ARTIFACT_TYPE = "application/vnd.mkspawn.bundle.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.mkspawn.bundle.manifest.v1+json"
 SIGNATURE_MEDIA_TYPE = "application/vnd.mkspawn.bundle.signature.v1+json"
@@ -271,3 +276,87 @@ def plan_bundle(artifact: Artifact, config_bytes: bytes, signatures: Sequence[by
                               f"expected {wanted!r} from the config"), code="layer-mismatch")
         pairs.append((component, layer))
     return BundlePlan(config_bytes, manifest, signature_layers, tuple(parsed), provenance_layer, tuple(pairs))
+
+
+# ---- referrers: the SBOM and the provenance as artifacts about the bundle ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Referrer:
+    """A manifest whose ``subject`` is the bundle's, carrying one member's exact bytes, so
+    registry tooling that looks for an SBOM or attestation of an image finds ours."""
+
+    manifest_bytes: bytes
+    artifact_type: str
+    blob: Descriptor
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest_bytes)
+
+    def index_entry(self) -> dict[str, object]:
+        return {"mediaType": OCI_MANIFEST_MEDIA_TYPE, "digest": self.digest, "size": len(self.manifest_bytes),
+                "artifactType": self.artifact_type}
+
+
+EMPTY_CONFIG = Descriptor(EMPTY_MEDIA_TYPE, sha256_digest(EMPTY_BLOB), len(EMPTY_BLOB))
+
+
+def referrers_for(contents: BundleContents, subject: Artifact) -> tuple[Referrer, ...]:
+    """The SBOM component and the provenance envelope (whichever the bundle has), each
+    pointing at ``subject``.  Their blobs are the bundle's own layers: nothing new to upload
+    but the two-byte empty config."""
+    members: list[Descriptor] = [layer for layer, component in _component_layers(contents, subject)
+                                 if component.role == Role.SBOM]
+    members += [layer for layer in subject.layers if layer.media_type == PROVENANCE_MEDIA_TYPE]
+    created = _created(contents.manifest.provenance.source_date_epoch)
+    referrers = []
+    for blob in members:
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+            "artifactType": blob.media_type,
+            "config": EMPTY_CONFIG.to_dict(),
+            "layers": [blob.to_dict()],
+            "subject": {"mediaType": OCI_MANIFEST_MEDIA_TYPE, "digest": subject.digest,
+                        "size": len(subject.manifest_bytes)},
+            "annotations": {CREATED: created},
+        }
+        referrers.append(Referrer(canonical_json(document), blob.media_type, blob))
+    return tuple(referrers)
+
+
+def _component_layers(contents: BundleContents, artifact: Artifact) -> list[tuple[Descriptor, Component]]:
+    by_title = {layer.title: layer for layer in artifact.layers}
+    return [(by_title[c.path], c) for c in contents.manifest.components]
+
+
+def fallback_tag(digest: str) -> str:
+    """distribution-spec v1.1's referrers tag schema: ``sha256-<hex>`` for ``sha256:<hex>``."""
+    return digest.replace(":", "-", 1)
+
+
+def merged_referrers_index(existing: bytes | None, referrers: Sequence[Referrer], where: str) -> bytes | None:
+    """The fallback index with ``referrers`` added to what ``existing`` lists (other tools'
+    signatures stay), or None when it already lists them all.  Something other than an
+    image index under the tag is refused rather than overwritten, as the spec asks."""
+    doc: dict[str, object] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
+    if existing is not None:
+        try:
+            found = json.loads(existing)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            found = None
+        if not isinstance(found, dict) or found.get("mediaType", INDEX_MEDIA_TYPE) != INDEX_MEDIA_TYPE \
+                or not isinstance(found.get("manifests"), list):
+            raise RegistryError(f"{where}: the referrers tag holds something other than an OCI image index; "
+                                "not replacing it", code="registry-error")
+        doc = found
+    manifests = doc["manifests"]
+    assert isinstance(manifests, list)
+    listed = {m.get("digest") for m in manifests if isinstance(m, dict)}
+    added = [r.index_entry() for r in referrers if r.digest not in listed]
+    if not added:
+        return None
+    doc["manifests"] = [*manifests, *added]
+    # Not canonical_json: another tool's index may hold values outside its subset.
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -30,7 +30,7 @@ import requests.adapters
 
 from mkimage import __version__
 from mkimage.errors import InputError, RegistryError, UsageError, VerifyError
-from mkimage.registry.artifact import OCI_MANIFEST_MEDIA_TYPE, Descriptor
+from mkimage.registry.artifact import INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor
 from mkimage.registry.auth import Challenge, Credentials, auth_files, find_credentials, parse_challenge
 from mkimage.registry.reference import RegistryRef, is_loopback
 
@@ -273,10 +273,39 @@ class RegistryClient:
             return bytes(data)
 
     def put_manifest(self, data: bytes, tag: str) -> str:
-        with self._send("PUT", self._url(f"manifests/{tag}"), headers={"Content-Type": OCI_MANIFEST_MEDIA_TYPE},
+        return self._put_manifest(data, tag, OCI_MANIFEST_MEDIA_TYPE).get("Docker-Content-Digest", "")
+
+    def _put_manifest(self, data: bytes, reference: str, media_type: str) -> Mapping[str, str]:
+        with self._send("PUT", self._url(f"manifests/{reference}"), headers={"Content-Type": media_type},
                         body=lambda: data) as response:
-            self._check(response, f"manifest upload to {tag}", 201)
-            return response.headers.get("Docker-Content-Digest", "")
+            self._check(response, f"manifest upload to {reference}", 201)
+            return response.headers
+
+    def put_referrer(self, data: bytes, digest: str) -> bool:
+        """Push a manifest with a ``subject`` by digest; True if the registry indexes it
+        itself (distribution-spec v1.1: it answers with ``OCI-Subject``), so no fallback tag."""
+        return "OCI-Subject" in self._put_manifest(data, digest, OCI_MANIFEST_MEDIA_TYPE)
+
+    def get_index(self, tag: str, cap: int) -> bytes | None:
+        """The image index under ``tag``, or None if the tag does not exist."""
+        what = f"index {tag}"
+        # Not the index type alone: distribution answers 404 for a manifest of a type the
+        # client does not accept, and something else under the tag must be seen, not replaced.
+        accept = f"{INDEX_MEDIA_TYPE}, {MANIFEST_ACCEPT}, application/vnd.docker.distribution.manifest.list.v2+json"
+        with self._send("GET", self._url(f"manifests/{tag}"), headers={"Accept": accept}) as response:
+            if response.status_code == 404:
+                return None
+            self._check(response, what, 200)
+            data = bytearray()
+            for chunk in self._chunks(response, what):
+                data += chunk
+                if len(data) > cap:
+                    raise VerifyError(f"{self.ref.host}/{self.ref.repository}: {what} exceeds {cap} bytes",
+                                      code="blob-too-large")
+            return bytes(data)
+
+    def put_index(self, data: bytes, tag: str) -> None:
+        self._put_manifest(data, tag, INDEX_MEDIA_TYPE)
 
     def has_blob(self, desc: Descriptor) -> bool:
         with self._send("HEAD", self._url(f"blobs/{desc.digest}")) as response:

@@ -16,14 +16,19 @@ from pathlib import Path
 
 from mkimage.errors import InputError, VerifyError
 from mkimage.outputs import atomic_output, write_atomic
-from mkimage.registry.artifact import ARTIFACT_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor, sha256_digest
+from mkimage.registry.artifact import (
+    ARTIFACT_TYPE,
+    INDEX_MEDIA_TYPE,
+    OCI_MANIFEST_MEDIA_TYPE,
+    Descriptor,
+    sha256_digest,
+)
 from mkimage.registry.client import BlobSource
 from mkimage.registry.reference import DEFAULT_TAG, LayoutRef
 
 LAYOUT_FILE = "oci-layout"
 LAYOUT_VERSION = "1.0.0"
 INDEX_FILE = "index.json"
-INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 MAX_INDEX_BYTES = 16 << 20
 READ_CHUNK = 1 << 20
@@ -134,12 +139,40 @@ class LayoutStore:
     def put_manifest(self, data: bytes, tag: str) -> str:
         digest = sha256_digest(data)
         write_atomic(self._blob_path(digest), data)
+        self._tag({"mediaType": OCI_MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(data),
+                   "artifactType": ARTIFACT_TYPE}, tag)
+        return digest
+
+    def put_referrer(self, data: bytes, digest: str) -> bool:
+        """Stored as a blob; the fallback index tagged in index.json is what lists it (oras
+        and skopeo reach it from there), as a registry without the referrers API does."""
+        write_atomic(self._blob_path(digest), data)
+        return False
+
+    def get_index(self, tag: str, cap: int) -> bytes | None:
+        for entry in self._index()["manifests"]:  # type: ignore[attr-defined]
+            if isinstance(entry, dict) and isinstance(entry.get("annotations"), dict) \
+                    and entry["annotations"].get(REF_NAME) == tag and isinstance(entry.get("digest"), str):
+                path = self._blob_path(entry["digest"])
+                if not path.is_file():
+                    return None
+                if path.stat().st_size > cap:
+                    raise VerifyError(f"{path}: index {tag} is {path.stat().st_size} bytes, limit {cap}",
+                                      code="blob-too-large")
+                return path.read_bytes()
+        return None
+
+    def put_index(self, data: bytes, tag: str) -> None:
+        digest = sha256_digest(data)
+        write_atomic(self._blob_path(digest), data)
+        self._tag({"mediaType": INDEX_MEDIA_TYPE, "digest": digest, "size": len(data)}, tag)
+
+    def _tag(self, entry: dict[str, object], tag: str) -> None:
+        """List ``entry`` in index.json under ``tag``, replacing what the tag named before."""
         index = self._index()
         manifests = [m for m in index["manifests"]  # type: ignore[attr-defined]
                      if not (isinstance(m, dict) and isinstance(m.get("annotations"), dict)
                              and m["annotations"].get(REF_NAME) == tag)]
-        manifests.append({"mediaType": OCI_MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(data),
-                          "artifactType": ARTIFACT_TYPE, "annotations": {REF_NAME: tag}})
+        manifests.append({**entry, "annotations": {REF_NAME: tag}})
         index.update({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests})
         write_atomic(self.directory / INDEX_FILE, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
-        return digest

@@ -2,7 +2,8 @@
 
 A push uploads what the store lacks (a blob it already holds is skipped, so a bundle
 sharing a kernel with an earlier one uploads no kernel bytes; one another repository of
-the registry holds is mounted) and then the manifest.  A pull is ``verify_bundle`` (the
+the registry holds is mounted), then the manifest, then the SBOM and provenance as
+referrers of it.  A pull is ``verify_bundle`` (the
 same check as ``mkspawn verify``) over a bundle assembled from the registry: signatures,
 trust and rollback from the small blobs first, then each component streamed into a temp
 file beside the output and hashed once on the way; only then is it renamed into place.
@@ -37,13 +38,19 @@ from mkimage.bundle.verify import BundleReport, Origin, opened_bundle, refuse_ro
 from mkimage.errors import FormatError, MkspawnError, RegistryError, VerifyError
 from mkimage.outputs import atomic_path
 from mkimage.registry.artifact import (
+    EMPTY_BLOB,
+    EMPTY_CONFIG,
     MAX_OCI_MANIFEST_BYTES,
     SIGNATURE_MEDIA_TYPE,
     Artifact,
     Descriptor,
+    Referrer,
     artifact_for,
+    fallback_tag,
+    merged_referrers_index,
     parse_artifact,
     plan_bundle,
+    referrers_for,
     sha256_digest,
 )
 from mkimage.registry.client import BlobSource, ClientOptions, RegistryClient
@@ -70,6 +77,12 @@ class Store(Protocol):
     def put_manifest(self, data: bytes, tag: str) -> str: ...
 
     def get_manifest(self, cap: int) -> bytes: ...
+
+    def put_referrer(self, data: bytes, digest: str) -> bool: ...
+
+    def get_index(self, tag: str, cap: int) -> bytes | None: ...
+
+    def put_index(self, data: bytes, tag: str) -> None: ...
 
     def iter_blob(self, desc: Descriptor) -> Iterator[bytes]: ...
 
@@ -106,6 +119,8 @@ class PushResult:
     reference: str
     digest: str
     blobs: tuple[BlobReport, ...]
+    referrers: tuple[Referrer, ...] = ()
+    referrers_tag: str | None = None  # the fallback index's tag, None if the store indexes referrers itself
 
     @property
     def uploaded_bytes(self) -> int:
@@ -114,7 +129,10 @@ class PushResult:
     def to_dict(self) -> dict[str, object]:
         return {"reference": self.reference, "digest": self.digest, "uploaded_bytes": self.uploaded_bytes,
                 "skipped_bytes": sum(b.desc.size for b in self.blobs if b.status == "skipped"),
-                "blobs": [b.to_dict() for b in self.blobs]}
+                "blobs": [b.to_dict() for b in self.blobs],
+                "referrers": [{"artifactType": r.artifact_type, "digest": r.digest, "blob": r.blob.digest}
+                              for r in self.referrers],
+                "referrers_tag": self.referrers_tag}
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +251,37 @@ def push_bundle(bundle: Path, ref: Ref, store: Store, *, mount_from: Sequence[st
                 raise
             reports.append(BlobReport(desc, "uploaded"))
         recorded = store.put_manifest(artifact.manifest_bytes, tag)
-    if recorded and recorded != artifact.digest:
-        raise RegistryError(f"{ref}: the registry recorded manifest digest {recorded}, expected {artifact.digest}",
-                            code="registry-error")
-    log.info("push: %s: manifest %s", ref, artifact.digest)
-    return PushResult(str(ref), artifact.digest, tuple(reports))
+        if recorded and recorded != artifact.digest:
+            raise RegistryError(f"{ref}: the registry recorded manifest digest {recorded}, expected {artifact.digest}",
+                                code="registry-error")
+        log.info("push: %s: manifest %s", ref, artifact.digest)
+        referrers = referrers_for(contents, artifact)
+    fallback = attach_referrers(store, artifact, referrers, str(ref))
+    return PushResult(str(ref), artifact.digest, tuple(reports), referrers, fallback)
+
+
+def attach_referrers(store: Store, subject: Artifact, referrers: Sequence[Referrer], where: str) -> str | None:
+    """Push each referrer by digest and, unless the store indexes them by ``subject`` itself,
+    merge them into the tag-schema fallback index; returns that index's tag (or None).
+
+    Their member blobs are layers of the subject, already in the store; only the empty
+    config may be missing.  Pushing again adds nothing to the index.
+    """
+    if not referrers:
+        return None
+    if not store.has_blob(EMPTY_CONFIG):
+        store.put_blob(EMPTY_CONFIG, _bytes_source(EMPTY_BLOB), lambda n: None)
+    indexed = [store.put_referrer(r.manifest_bytes, r.digest) for r in referrers]
+    for r in referrers:
+        log.info("push: %s: %s referrer %s", where, r.artifact_type, r.digest)
+    if all(indexed):
+        return None
+    tag = fallback_tag(subject.digest)
+    merged = merged_referrers_index(store.get_index(tag, MAX_OCI_MANIFEST_BYTES), referrers, f"{where} ({tag})")
+    if merged is not None:
+        store.put_index(merged, tag)
+        log.info("push: %s: referrers listed in the index tagged %s", where, tag)
+    return tag
 
 
 def _file_source(f: BinaryIO, base: int, start: int, length: int) -> FileRange:
