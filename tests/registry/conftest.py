@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _write_ca(directory: Path) -> tuple[Path, Path, Path]:
+def tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """The CA, server certificate and key ``write_ca`` wrote into ``directory``."""
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+def write_ca(directory: Path) -> tuple[Path, Path, Path]:
     """A test CA and a server certificate for 127.0.0.1 / localhost signed by it."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -81,7 +86,7 @@ def _write_ca(directory: Path) -> tuple[Path, Path, Path]:
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    ca_path, cert_path, key_path = tls_files(directory)
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -103,8 +108,11 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, verify: str 
 
 
 @contextlib.contextmanager
-def running_registry(directory: Path, *, tls: bool, htpasswd: Path | None = None) -> Iterator[Registry]:
-    """docker-registry with our own config file (Debian's packaged service is not used)."""
+def running_registry(directory: Path, *, tls: bool, htpasswd: Path | None = None,
+                     auth: Mapping[str, object] | None = None) -> Iterator[Registry]:
+    """docker-registry with our own config file (Debian's packaged service is not used).
+    ``auth`` is the config's ``auth`` section; with ``tls``, a CA already written into
+    ``directory`` by ``write_ca`` (say for a token service beside it) is used."""
     binary = shutil.which("docker-registry")
     if binary is None:
         missing("docker-registry is not installed (Debian package docker-registry)")
@@ -119,10 +127,12 @@ def running_registry(directory: Path, *, tls: bool, htpasswd: Path | None = None
     }
     ca = None
     if tls:
-        ca, cert, key = _write_ca(directory)
+        ca, cert, key = write_ca(directory) if not (directory / "ca.pem").exists() else tls_files(directory)
         config["http"] = {"addr": f"127.0.0.1:{port}", "tls": {"certificate": str(cert), "key": str(key)}}
     if htpasswd is not None:
         config["auth"] = {"htpasswd": {"realm": "mkspawn-test", "path": str(htpasswd)}}
+    if auth is not None:
+        config["auth"] = dict(auth)
     config_path = directory / "config.yml"
     config_path.write_text(json.dumps(config))  # YAML is a superset of JSON
     log = directory / "registry.log"
