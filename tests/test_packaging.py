@@ -118,11 +118,18 @@ def test_wheel_and_editable_builds_are_byte_identical(venv: Path, tmp_path: Path
 @pytest.mark.slow
 def test_installed_wheel_builds_and_boots_the_builtin_demo(venv: Path, tmp_path: Path) -> None:
     needs_tool("busybox", "qemu-system-x86_64", "make", "gcc")
-    built = installed(venv, "build", "builtin:recipes/demo.toml", "-o", "demo.mkb", cwd=tmp_path)
+    # check verifies before it boots, so the bundle is signed by a key the check trusts.
+    keyed = installed(venv, "keygen", "-o", "keys/ci.pem", cwd=tmp_path)
+    assert keyed.returncode == 0, keyed.stderr
+    (tmp_path / "trust").mkdir()
+    (tmp_path / "keys" / "ci.pub.pem").rename(tmp_path / "trust" / "ci.pub.pem")
+    built = installed(venv, "build", "builtin:recipes/demo.toml", "-o", "demo.mkb", "--key", "keys/ci.pem",
+                      cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     static = installed(venv, "check", "--static", "demo.mkb", cwd=tmp_path)
     assert static.returncode == 0, static.stderr
-    booted = installed(venv, "check", "demo.mkb", "--recipe", "builtin:recipes/demo.toml", "--json", cwd=tmp_path)
+    booted = installed(venv, "check", "demo.mkb", "--recipe", "builtin:recipes/demo.toml", "--trust", "trust",
+                       "--json", cwd=tmp_path)
     assert booted.returncode == 0, booted.stderr
     result = json.loads(booted.stdout)
     assert result["ok"] and result["expect_matched"]
