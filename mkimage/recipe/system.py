@@ -21,7 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mkimage.errors import Location, RecipeError, shown_path
+from mkimage import assets
+from mkimage.errors import InputError, Location, RecipeError, shown_path
 from mkimage.recipe import checks
 from mkimage.recipe.docs import _item_rows, _row_line
 from mkimage.recipe.load import (
@@ -171,12 +172,17 @@ class System:
     warnings: tuple[str, ...] = ()
 
 
+def _resolved(path: Path) -> Path:
+    """A ``builtin:recipes/…`` name as the shipped file, like the recipe loader takes it."""
+    return assets.builtin_path(str(path)) if assets.is_builtin(str(path)) else Path(path)
+
+
 def is_system_file(path: Path) -> bool:
     """A TOML file with a top-level [system] table or [[spawns]] (anything unreadable is
     left to the recipe loader to report)."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = tomllib.loads(_resolved(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, InputError):
         return False
     return isinstance(data.get("system"), dict) or isinstance(data.get("spawns"), list)
 
@@ -187,7 +193,7 @@ def load_system(path: Path, *, strict: bool = False, env: Mapping[str, str] | No
     file:line of both places), and return each spawn as a checked Recipe."""
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
-    path = Path(os.path.abspath(path))
+    path = Path(os.path.abspath(_resolved(path)))
     sources: Sources = {}
     data, locs = _load_tree(path, sources)
     conv = _Converter(locs, sources, cwd)

@@ -86,3 +86,14 @@ def test_systems_doc_settings_match_the_model() -> None:
 
     doc = (RECIPES.parent / "docs" / "systems.md").read_text(encoding="utf-8")
     assert doc.endswith(settings_markdown()), "docs/systems.md settings are stale: regenerate from settings_markdown()"
+
+
+def test_builtin_system_file_is_a_system() -> None:
+    """Regression: `builtin:recipes/system-*.toml` was read as a path before the builtin:
+    prefix was resolved, so it was not detected as a system and dt refused it as a recipe."""
+    assert is_system_file(Path("builtin:recipes/system-demo.toml"))
+    assert not is_system_file(Path("builtin:recipes/demo.toml"))
+    assert not is_system_file(Path("builtin:recipes/no-such.toml"))
+    done = mkspawn("dt", "builtin:recipes/system-mk2.toml", "--spawn", "calc")
+    assert done.returncode == 0, done.stderr
+    assert "cpus = /bits/ 64 <0x8 0x9>;" in done.stdout
