@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mkimage.bundle.manifest import Signature
@@ -53,7 +53,9 @@ from mkimage.kernel.build import build_kernel
 from mkimage.loader import multikernel
 from mkimage.outputs import write_atomic
 from mkimage.pipeline import BuildResult, build_bundle
-from mkimage.qemu.check import Mode, extract_payload
+from mkimage.qemu import hostfs
+from mkimage.qemu.check import CheckOptions, CheckResult, HostKernel, Mode, check_bundle, extract_payload
+from mkimage.qemu.console import Outcome
 from mkimage.recipe.model import KernelSpec
 from mkimage.recipe.system import Spawn, System
 from mkimage.signing.keys import PrivateKey, key_id
@@ -403,3 +405,81 @@ def _read_verified(path: Path, ref: FileRef) -> bytes:
     if hashlib.sha256(data).hexdigest() != ref.sha256:
         raise VerifyError(f"{path}: changed after verification", code="changed-after-verify")
     return data
+
+
+# ---- check --------------------------------------------------------------------------------
+
+# Each boot is a QEMU under TCG that keeps one core busy; on a small machine more than two
+# at a time only makes every boot slower and the deadlines tighter.
+CHECK_JOBS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnCheck:
+    instance: str
+    result: CheckResult | None  # None: not booted (an earlier spawn showed the host cannot)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemCheck:
+    directory: Path
+    mode: Mode
+    spawns: tuple[SpawnCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.result is not None and s.result.ok for s in self.spawns)
+
+    @property
+    def failed(self) -> tuple[SpawnCheck, ...]:
+        return tuple(s for s in self.spawns if s.result is None or not s.result.ok)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "system": str(self.directory),
+            "mode": str(self.mode),
+            "spawns": [{"instance": s.instance, "booted": s.result is not None,
+                        **(s.result.to_dict() if s.result is not None else {"ok": False})}
+                       for s in self.spawns],
+        }
+
+
+def check_system(checked: SystemReport, host: HostKernel, options: CheckOptions, *, cache_root: Path,
+                 verify_s: float = 0.0, jobs: int = CHECK_JOBS) -> SystemCheck:
+    """Boot-check every spawn of ``checked`` (which ``verify_system`` accepted), each on
+    its own QEMU host with the single-bundle check.
+
+    kexec mode: the spawn replaces its host, so each needs a host of its own; at most
+    ``jobs`` boot at a time.  Multikernel mode: the spawns are checked one after another
+    in the manifest's order; once a host shows it has no multikernel support the rest are
+    not booted, since the same host kernel would say the same.
+    """
+    log_root = options.log_dir or Path(tempfile.mkdtemp(prefix="mkspawn-check-system-"))
+    # Built once before the boots: concurrent first builds of the runtime would share a temp name.
+    hostfs.python_runtime(cache_root / "check")
+    entries = list(zip(checked.manifest.spawns, checked.bundles, strict=True))
+
+    def one(entry: SpawnEntry, bundle: BundleReport) -> CheckResult:
+        with _as_spawn(entry.instance):
+            return check_bundle(bundle.path, bundle, host, replace(options, log_dir=log_root / entry.instance),
+                                cache_root=cache_root, verify_s=verify_s)
+
+    results: list[CheckResult | None] = []
+    with _prefixed_logs():
+        if options.mode is Mode.KEXEC:
+            workers = max(1, min(jobs, len(entries)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mkspawn-check") as pool:
+                futures = [pool.submit(one, e, b) for e, b in entries]
+                try:
+                    results = [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        else:
+            for entry, bundle in entries:
+                unsupported = any(r is not None and r.outcome is Outcome.UNSUPPORTED_HOST for r in results)
+                results.append(None if unsupported else one(entry, bundle))
+    spawns = tuple(SpawnCheck(e.instance, r) for (e, _), r in zip(entries, results, strict=True))
+    return SystemCheck(checked.directory, options.mode, spawns)

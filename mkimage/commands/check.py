@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mkimage.bundle.static_check import StaticCheck, static_check
+from mkimage.bundle.system_manifest import is_system_target
 from mkimage.bundle.verify import verify_bundle
 from mkimage.commands.options import echo_json, input_file, json_option, load_trust, state_option, trust_option
 from mkimage.context import default_cache_root
@@ -59,8 +60,14 @@ def check(target: Path, static: bool, profile: str | None, arch: str | None, cmd
           as_json: bool) -> None:
     """Check a bundle: --static checks the kernel's loader contract; otherwise verify the
     bundle, boot a host kernel in QEMU and have mkspawn's loader kexec the spawn (exit 4
-    if the boot check fails)."""
+    if the boot check fails).
+
+    A system directory (or its system.json) is verified whole before anything boots,
+    then every spawn is checked on a QEMU host of its own (docs/systems.md)."""
     if static:
+        if is_system_target(target):
+            raise UsageError(f"{target}: --static checks one bundle or image; check a system's bundles "
+                             "one by one, or boot the whole system without --static", code="usage")
         _static(target, profile, arch, cmdline, as_json)
         return
     if host_kernel is not None and host_recipe is not None:
@@ -75,12 +82,22 @@ def check(target: Path, static: bool, profile: str | None, arch: str | None, cmd
         raise UsageError("--host-set applies to a host recipe, not to --host-kernel", code="usage")
     # The cheap refusal first: a host kernel build takes minutes.
     started = time.monotonic()
-    report = verify_bundle(target, load_trust(trust_dir), state_file=state_file)
+    system = is_system_target(target)
+    if system:
+        from mkimage.commands import system as system_command
+        from mkimage.system import verify_system
+
+        checked = verify_system(target, load_trust(trust_dir), state_file=state_file)
+    else:
+        report = verify_bundle(target, load_trust(trust_dir), state_file=state_file)
     verify_s = time.monotonic() - started
     root = default_cache_root()
     host = resolve_host_kernel(host_kernel, host_recipe, cache_root=root, overrides=host_overrides, mode=Mode(mode))
     options = CheckOptions(mode=Mode(mode), profile=AbiProfile(profile) if profile else None,
                            timeout_s=timeout_s or DEFAULT_TIMEOUT_S, expect=expect, log_dir=log_dir)
+    if system:
+        system_command.check(checked, host, options, cache_root=root, verify_s=verify_s, as_json=as_json)
+        return
     result = check_bundle(target, report, host, options, cache_root=root, verify_s=verify_s)
     if as_json:
         echo_json(result.to_dict())

@@ -1,6 +1,6 @@
 """The system side of `mkspawn build|verify|inspect`: a system file (detected by its
-top-level [system] table) builds a directory; a directory or system.json verifies as a
-system.  The verbs in bundle.py hand over here, so there is one verb per action."""
+top-level [system] table) builds a directory; a directory or system.json verifies,
+checks and loads as a system.  The verbs in bundle.py hand over here, so there is one verb per action."""
 
 from __future__ import annotations
 
@@ -12,10 +12,21 @@ import click
 from mkimage.commands.options import echo_json
 from mkimage.errors import BootCheckError, UsageError
 from mkimage.loader.errnos import LoaderError, UnsupportedHost
+from mkimage.qemu.check import CheckOptions, HostKernel
 from mkimage.recipe.system import load_system as load_system_file
 from mkimage.signing.keys import PrivateKey
 from mkimage.signing.trust import TrustStore
-from mkimage.system import build_system, inspect_system, load_system, render_system, summary, verify_system
+from mkimage.system import (
+    SystemCheck,
+    SystemReport,
+    build_system,
+    check_system,
+    inspect_system,
+    load_system,
+    render_system,
+    summary,
+    verify_system,
+)
 
 
 def build(system_file: Path, out: Path, keys: tuple[Path, ...],
@@ -65,3 +76,38 @@ def load(target: Path, trust: TrustStore, state_file: Path | None) -> None:
     except LoaderError as e:
         raise BootCheckError(f"{target}: {e.line()}", code=f"load-{e.name.lower()}") from None
     click.echo(f"{target}: {len(started)} instances started: {', '.join(started)}")
+
+
+def check(checked: SystemReport, host: HostKernel, options: CheckOptions, *, cache_root: Path, verify_s: float,
+          as_json: bool) -> None:
+    """Boot-check every spawn of the verified system; exit 4 naming each that failed."""
+    result = check_system(checked, host, options, cache_root=cache_root, verify_s=verify_s)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(render_system_check(result), nl=False)
+    if result.ok:
+        return
+    # A spawn is left unbooted only after another one's host proved unsupported.
+    first = next(s.result for s in result.failed if s.result is not None)
+    failed = ", ".join(s.instance for s in result.failed)
+    raise BootCheckError(f"{result.directory}: {len(result.failed)} of {len(result.spawns)} spawns failed the "
+                         f"{result.mode} check ({failed}): {first.summary()}", code=f"check-{first.outcome}")
+
+
+def render_system_check(result: SystemCheck) -> str:
+    rows = [f"{result.directory}: {result.mode} check of {len(result.spawns)} spawns, one QEMU host each",
+            f"  {'INSTANCE':<14} {'OUTCOME':<18} {'REACHED':<16} {'NONCE':<9} {'BOOT':>7}  CONSOLE LOG"]
+    for s in result.spawns:
+        r = s.result
+        if r is None:
+            rows.append(f"  {s.instance:<14} {'not booted':<18} {'-':<16} {'-':<9} {'-':>7}  "
+                        "(the host has no multikernel support, as shown above)")
+            continue
+        boot = f"{r.timings_s.get('boot', 0):.1f}s"
+        rows.append(f"  {s.instance:<14} {str(r.outcome):<18} {str(r.reached or '-'):<16} "
+                    f"{'seen' if r.nonce_seen else 'missing':<9} {boot:>7}  {r.console_log}")
+    for s in result.failed:
+        if s.result is not None:
+            rows.append(f"  {s.instance}: {s.result.summary()}")
+    return "\n".join(rows) + "\n"
