@@ -4,17 +4,25 @@ Two dpkg-query calls per build whatever the number of files: ``-S`` with every p
 (and its usrmerge twin) to find the owners, then ``-W`` with the owners for their
 versions.  Only packages that own a packed file are reported, so the answer depends on
 the host only through the packages actually packed.
+
+The answer is remembered in the cache (two process starts cost more than the rest of a
+no-op build) under a key made of each path's stat key and the stat keys of dpkg's own
+state, which dpkg replaces on every install, removal, upgrade or diversion change.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from mkimage.run import run
+from mkimage.store import load_entry, locked, publish_entry, staging_dir, stat_key
 
 log = logging.getLogger("mkspawn")
 
@@ -24,6 +32,9 @@ DPKG_TIMEOUT_S = 120
 MERGED_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # dpkg-query -S takes glob patterns; a path with these would match other files.
 GLOB_CHARS = frozenset("*?[]\\")
+# Bump when what a remembered answer stands for changes.
+MEMO_VERSION = 1
+MEMO_NAME = "packages.json"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -42,27 +53,106 @@ def usrmerge_twin(path: str) -> str | None:
     return None
 
 
-def owning_packages(paths: Iterable[str]) -> dict[str, Package]:
-    """Absolute host path → the package owning it, for the paths some package owns."""
+def dpkg_state(admin_dir: Path | None = None) -> tuple[Path, ...]:
+    """The files dpkg rewrites (by rename) whenever its answers could change: the package
+    status, the directory of file lists, the diversions."""
+    root = admin_dir or Path(os.environ.get("DPKG_ADMINDIR") or "/var/lib/dpkg")
+    return (root / "status", root / "info", root / "diversions")
+
+
+def owning_packages(paths: Iterable[str], *, cache_root: Path | None = None,
+                    state: Sequence[Path] | None = None) -> dict[str, Package]:
+    """Absolute host path → the package owning it, for the paths some package owns.
+
+    With ``cache_root`` the answer is remembered for these paths as they are now and
+    dpkg's ``state`` (default :func:`dpkg_state`) as it is now."""
     wanted = sorted({p for p in paths if p.startswith("/") and not GLOB_CHARS & set(p)})
     if not wanted:
         return {}
+    key = None if cache_root is None else memo_key(wanted, dpkg_state() if state is None else state)
+    if cache_root is not None and key is not None:
+        remembered = _remembered(cache_root, key)
+        if remembered is not None:
+            return _reported(*remembered)
     if shutil.which("dpkg-query") is None:
         log.warning("dpkg-query is not installed: the SBOM names no Debian package for the packed files")
         return {}
+    found, ambiguous = _query(wanted)
+    if cache_root is not None and key is not None:
+        _remember(cache_root, key, found, ambiguous)
+    return _reported(found, ambiguous)
+
+
+def memo_key(paths: Sequence[str], state: Sequence[Path]) -> str | None:
+    """What the answer for ``paths`` depends on; None when a path cannot be stat'ed (no
+    file to pack: nothing worth remembering)."""
+    try:
+        files = [f"{p}|{stat_key('file', Path(p))}" for p in paths]
+    except OSError:
+        return None
+    dpkg = [_state_key(s) for s in state]
+    text = json.dumps([MEMO_VERSION, os.environ.get("DPKG_ADMINDIR", ""), dpkg, files], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _state_key(path: Path) -> str:
+    try:
+        return stat_key("dpkg", path)
+    except FileNotFoundError:
+        return f"dpkg|{path}|missing"
+
+
+def _query(wanted: list[str]) -> tuple[dict[str, Package], dict[str, list[str]]]:
     queries = {p: [p, *filter(None, [usrmerge_twin(p)])] for p in wanted}
     owners = _owners(sorted({q for qs in queries.values() for q in qs}))
     names = {owner for qs in queries.values() for q in qs for owner in owners.get(q, ())}
     versions = _versions(sorted(names))
     found: dict[str, Package] = {}
+    ambiguous: dict[str, list[str]] = {}
     for path, qs in queries.items():
         candidates = sorted({versions[o] for q in qs for o in owners.get(q, ()) if o in versions})
         if len(candidates) == 1:
             found[path] = candidates[0]
         elif candidates:
-            log.warning("%s: owned by several packages (%s); the SBOM names none", path,
-                        ", ".join(c.name for c in candidates))
+            ambiguous[path] = [c.name for c in candidates]
+    return found, ambiguous
+
+
+def _reported(found: dict[str, Package], ambiguous: Mapping[str, list[str]]) -> dict[str, Package]:
+    # Said on every build, remembered or not: the SBOM of each one lacks the package.
+    for path, names in ambiguous.items():
+        log.warning("%s: owned by several packages (%s); the SBOM names none", path, ", ".join(names))
     return found
+
+
+def _memo_dir(cache_root: Path, key: str) -> Path:
+    return cache_root / "dpkg" / key
+
+
+def _remembered(cache_root: Path, key: str) -> tuple[dict[str, Package], dict[str, list[str]]] | None:
+    out = _memo_dir(cache_root, key)
+    if load_entry(out, key, stage="initramfs") is None:  # re-hashes the remembered answer
+        return None
+    try:
+        data = json.loads((out / MEMO_NAME).read_bytes())
+        found = {path: Package(*fields) for path, fields in data["found"].items()}
+        return found, {path: list(names) for path, names in data["ambiguous"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember(cache_root: Path, key: str, found: Mapping[str, Package], ambiguous: Mapping[str, list[str]]) -> None:
+    """Best effort: a cache that cannot be written costs the next build two dpkg runs."""
+    out = _memo_dir(cache_root, key)
+    data = {"found": {path: [p.name, p.version, p.arch] for path, p in sorted(found.items())},
+            "ambiguous": dict(sorted(ambiguous.items()))}
+    try:
+        with locked(cache_root / "locks" / f"dpkg-{key}.lock", "the dpkg answers", stage="initramfs"):
+            staging = staging_dir(out)
+            (staging / MEMO_NAME).write_text(json.dumps(data, indent=1, sort_keys=True))
+            publish_entry(staging, out, {"key": key})
+    except OSError as e:
+        log.warning("initramfs: could not remember the dpkg answers in %s: %s", out, e.strerror or e)
 
 
 def _owners(paths: list[str]) -> Mapping[str, tuple[str, ...]]:
