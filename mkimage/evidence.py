@@ -11,7 +11,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import importlib.metadata
+import json
+import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,14 @@ from mkimage.initramfs.packages import owning_packages
 from mkimage.recipe.load import parse_override
 from mkimage.recipe.model import Recipe
 from mkimage.recipe.settings import INTERNAL
+from mkimage.store import load_entry, locked, publish_entry, staging_dir
+
+log = logging.getLogger("mkspawn")
+
+# Bump when what a remembered SBOM stands for changes.
+SBOM_MEMO_VERSION = 1
+# The distributions whose code decides the SBOM's bytes besides bundle/sbom.py.
+SBOM_LIBRARIES = ("cyclonedx-python-lib", "py-serializable", "packageurl-python", "sortedcontainers")
 
 # Host files under these are named by their absolute path: they name the same thing on
 # every Debian host (a packed /bin/busybox).
@@ -93,11 +105,14 @@ def recipe_input(params: RecipeParameters) -> Input:
 
 
 def sbom_artifact(recipe: Recipe, *, kernel_release: str, config_sha256: str, mkspawn_version: str,
-                  members: Sequence[tuple[Artifact, str]], inputs: Sequence[Input], work_dir: Path) -> Artifact:
-    """Write the SBOM for the planned components (artifact, sha256) and inputs."""
+                  members: Sequence[tuple[Artifact, str]], inputs: Sequence[Input], work_dir: Path,
+                  cache_root: Path | None = None) -> Artifact:
+    """Write the SBOM for the planned components (artifact, sha256) and inputs; with
+    ``cache_root``, the dpkg answers and the document are remembered there."""
     epoch = recipe.metadata.source_date_epoch
     assert epoch is not None
-    packages = owning_packages(i.name for i in inputs if i.kind in (InputKind.FILE, InputKind.PREBUILT))
+    packages = owning_packages((i.name for i in inputs if i.kind in (InputKind.FILE, InputKind.PREBUILT)),
+                               cache_root=cache_root)
     facts = SbomFacts(
         recipe_name=recipe.metadata.name,
         recipe_version=recipe.metadata.version,
@@ -110,8 +125,46 @@ def sbom_artifact(recipe: Recipe, *, kernel_release: str, config_sha256: str, mk
         inputs=tuple(SbomInput(i.kind.value, i.name, i.sha256, _deb(packages.get(i.name))) for i in inputs),
     )
     path = work_dir / SBOM_MEMBER
-    path.write_bytes(make_sbom(facts))
+    path.write_bytes(make_sbom(facts) if cache_root is None else _cached_sbom(facts, cache_root))
     return Artifact(Role.SBOM, SBOM_MEMBER, path, SBOM_MEDIA_TYPE)
+
+
+def sbom_key(facts: SbomFacts) -> str:
+    """Everything the SBOM's bytes depend on: every fact, the code that writes it and the
+    versions of the libraries it writes with."""
+    code = Path(str(sys.modules[make_sbom.__module__].__file__)).read_bytes()
+    libraries = {name: _version(name) for name in SBOM_LIBRARIES}
+    text = json.dumps([SBOM_MEMO_VERSION, hashlib.sha256(code).hexdigest(), libraries, dataclasses.asdict(facts)],
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _cached_sbom(facts: SbomFacts, cache_root: Path) -> bytes:
+    """Making the document costs more than the rest of a no-op build (cyclonedx's import
+    alone), so it is kept as a store entry keyed by :func:`sbom_key`."""
+    key = sbom_key(facts)
+    out = cache_root / "sbom" / key
+    if load_entry(out, key, stage="sbom") is not None:  # re-hashes the remembered bytes
+        try:
+            return (out / SBOM_MEMBER).read_bytes()
+        except OSError:
+            pass
+    data = make_sbom(facts)
+    try:  # best effort: a cache that cannot be written costs the next build time only
+        with locked(cache_root / "locks" / f"sbom-{key}.lock", "the SBOM cache", stage="sbom"):
+            staging = staging_dir(out)
+            (staging / SBOM_MEMBER).write_bytes(data)
+            publish_entry(staging, out, {"key": key})
+    except OSError as e:
+        log.warning("sbom: could not cache the SBOM in %s: %s", out, e.strerror or e)
+    return data
 
 
 def _deb(package: Any) -> DebPackage | None:

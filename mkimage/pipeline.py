@@ -306,7 +306,7 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path,
     plan.files.append(sbom_artifact(recipe, kernel_release=release, config_sha256=plan.config_sha256,
                                     mkspawn_version=__version__,
                                     members=[(f, plan.sha256(f.path)) for f in plan.files],
-                                    inputs=plan.inputs, work_dir=work_dir))
+                                    inputs=plan.inputs, work_dir=work_dir, cache_root=cache_root))
     components = [
         Component(role=f.role, path=f.member, size=f.path.stat().st_size, sha256=plan.sha256(f.path),
                   media_type=f.media_type)
