@@ -66,15 +66,18 @@ def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path
 
     A system file (a top-level [system] table) builds every spawn into the directory OUT:
     one bundle each, the pool baseline and a signed system manifest (docs/systems.md)."""
-    from mkimage.commands import system as system_command
-    from mkimage.pipeline import build_bundle, summary
-    from mkimage.recipe.load import load_recipe
     from mkimage.recipe.system import is_system_file
 
     if is_system_file(recipe):
+        # Only here: the system builder imports the boot check, which a recipe build never needs.
+        from mkimage.commands import system as system_command
+
         system_command.build(recipe, out, keys, lambda ks: _load_keys(ks, passphrase_file, passphrase_env),
                              overrides=overrides, strict=strict, jobs=jobs, as_json=as_json)
         return
+    from mkimage.pipeline import build_bundle, summary
+    from mkimage.recipe.load import load_recipe
+
     if out.is_dir():
         raise UsageError(f"{out}: is a directory", code="bad-output")
     model = load_recipe(recipe, overrides)
