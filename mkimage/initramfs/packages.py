@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,23 +52,22 @@ def usrmerge_twin(path: str) -> str | None:
     return None
 
 
-def dpkg_state(admin_dir: Path | None = None) -> tuple[Path, ...]:
-    """The files dpkg rewrites (by rename) whenever its answers could change: the package
-    status, the directory of file lists, the diversions."""
-    root = admin_dir or Path(os.environ.get("DPKG_ADMINDIR") or "/var/lib/dpkg")
-    return (root / "status", root / "info", root / "diversions")
+# What dpkg rewrites (by rename) whenever its answers could change: the package status,
+# the directory of file lists, the diversions.  run() passes no DPKG_ADMINDIR, so
+# dpkg-query always reads these.
+DPKG_STATE = tuple(Path("/var/lib/dpkg", name) for name in ("status", "info", "diversions"))
 
 
 def owning_packages(paths: Iterable[str], *, cache_root: Path | None = None,
-                    state: Sequence[Path] | None = None) -> dict[str, Package]:
+                    state: Sequence[Path] = DPKG_STATE) -> dict[str, Package]:
     """Absolute host path → the package owning it, for the paths some package owns.
 
     With ``cache_root`` the answer is remembered for these paths as they are now and
-    dpkg's ``state`` (default :func:`dpkg_state`) as it is now."""
+    dpkg's ``state`` as it is now."""
     wanted = sorted({p for p in paths if p.startswith("/") and not GLOB_CHARS & set(p)})
     if not wanted:
         return {}
-    key = None if cache_root is None else memo_key(wanted, dpkg_state() if state is None else state)
+    key = None if cache_root is None else memo_key(wanted, state)
     if cache_root is not None and key is not None:
         remembered = _remembered(cache_root, key)
         if remembered is not None:
@@ -77,8 +75,8 @@ def owning_packages(paths: Iterable[str], *, cache_root: Path | None = None,
     if shutil.which("dpkg-query") is None:
         log.warning("dpkg-query is not installed: the SBOM names no Debian package for the packed files")
         return {}
-    found, ambiguous = _query(wanted)
-    if cache_root is not None and key is not None:
+    found, ambiguous, complete = _query(wanted)
+    if complete and cache_root is not None and key is not None:
         _remember(cache_root, key, found, ambiguous)
     return _reported(found, ambiguous)
 
@@ -91,7 +89,7 @@ def memo_key(paths: Sequence[str], state: Sequence[Path]) -> str | None:
     except OSError:
         return None
     dpkg = [_state_key(s) for s in state]
-    text = json.dumps([MEMO_VERSION, os.environ.get("DPKG_ADMINDIR", ""), dpkg, files], separators=(",", ":"))
+    text = json.dumps([MEMO_VERSION, dpkg, files], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -102,11 +100,12 @@ def _state_key(path: Path) -> str:
         return f"dpkg|{path}|missing"
 
 
-def _query(wanted: list[str]) -> tuple[dict[str, Package], dict[str, list[str]]]:
+def _query(wanted: list[str]) -> tuple[dict[str, Package], dict[str, list[str]], bool]:
+    """The answer, and whether dpkg gave all of it (a failed run is never remembered)."""
     queries = {p: [p, *filter(None, [usrmerge_twin(p)])] for p in wanted}
-    owners = _owners(sorted({q for qs in queries.values() for q in qs}))
+    owners, owners_complete = _owners(sorted({q for qs in queries.values() for q in qs}))
     names = {owner for qs in queries.values() for q in qs for owner in owners.get(q, ())}
-    versions = _versions(sorted(names))
+    versions, versions_complete = _versions(sorted(names))
     found: dict[str, Package] = {}
     ambiguous: dict[str, list[str]] = {}
     for path, qs in queries.items():
@@ -115,7 +114,7 @@ def _query(wanted: list[str]) -> tuple[dict[str, Package], dict[str, list[str]]]
             found[path] = candidates[0]
         elif candidates:
             ambiguous[path] = [c.name for c in candidates]
-    return found, ambiguous
+    return found, ambiguous, owners_complete and versions_complete
 
 
 def _reported(found: dict[str, Package], ambiguous: Mapping[str, list[str]]) -> dict[str, Package]:
@@ -155,8 +154,12 @@ def _remember(cache_root: Path, key: str, found: Mapping[str, Package], ambiguou
         log.warning("initramfs: could not remember the dpkg answers in %s: %s", out, e.strerror or e)
 
 
-def _owners(paths: list[str]) -> Mapping[str, tuple[str, ...]]:
-    # Exit status 1 only means some path has no owner (a file the recipe made itself).
+# dpkg-query's exit status 1 only means something was not found (a file the recipe made
+# itself); anything else is a failure whose partial answer must not be remembered.
+ANSWERED = (0, 1)
+
+
+def _owners(paths: list[str]) -> tuple[Mapping[str, tuple[str, ...]], bool]:
     done = run(["dpkg-query", "-S", "--", *paths], stage="initramfs", timeout_s=DPKG_TIMEOUT_S, check=False)
     owners: dict[str, tuple[str, ...]] = {}
     for line in done.stdout.decode("utf-8", "replace").splitlines():
@@ -165,13 +168,13 @@ def _owners(paths: list[str]) -> Mapping[str, tuple[str, ...]]:
         packages, sep, rest = line.partition(": /")
         if sep:
             owners["/" + rest] = tuple(p.strip() for p in packages.split(","))
-    return owners
+    return owners, done.returncode in ANSWERED
 
 
-def _versions(packages: list[str]) -> Mapping[str, Package]:
+def _versions(packages: list[str]) -> tuple[Mapping[str, Package], bool]:
     """``name`` or ``name:arch`` as -S printed it → its installed package."""
     if not packages:
-        return {}
+        return {}, True
     done = run(["dpkg-query", "-W", "-f", "${Package}\t${Architecture}\t${Version}\n", "--", *packages],
                stage="initramfs", timeout_s=DPKG_TIMEOUT_S, check=False)
     by_name: dict[str, Package] = {}
@@ -180,4 +183,4 @@ def _versions(packages: list[str]) -> Mapping[str, Package]:
         if name and version:
             by_name[f"{name}:{arch}"] = Package(name, version, arch)
             by_name.setdefault(name, Package(name, version, arch))
-    return {p: by_name[p] for p in packages if p in by_name}
+    return {p: by_name[p] for p in packages if p in by_name}, done.returncode in ANSWERED

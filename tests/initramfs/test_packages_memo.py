@@ -107,3 +107,4 @@ def test_a_damaged_memo_is_asked_again(tmp_path: Path, state: list[Path], owned:
     with caplog.at_level(logging.DEBUG, logger="mkspawn"):
         assert owning_packages([owned], cache_root=cache, state=state) == first
         assert dpkg_runs(caplog) == ["-S", "-W"]
+
