@@ -52,6 +52,8 @@ AREAS = (
     Area("host-initramfs", "check/host-initramfs", "check/locks/host-initramfs-{name}.lock"),
     Area("host-runtime", "check", prefix="pyruntime-"),
     Area("contract-memo", "contract"),
+    Area("dpkg-memo", "dpkg", "locks/dpkg-{name}.lock"),
+    Area("sbom", "sbom", "locks/sbom-{name}.lock"),
     Area("pulled", "pulled"),
 )
 CCACHE = "ccache"  # ccache keeps to its own limit (ccache -M), so prune leaves it alone

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mkimage.bundle.sbom import SBOM_MEMBER, SbomFacts, SbomInput, SbomMember
+from mkimage.cachecare import scan
 from mkimage.evidence import sbom_key
 from tests.bundle.evidence_helpers import build, member
 from tests.bundle.forge import signing_key
@@ -37,6 +38,8 @@ def test_a_cached_rebuild_is_byte_identical(tmp_path: Path, synthetic_kernel: Pa
                             cache_root=tmp_path / "fresh").path.read_bytes()
     assert len(list((cache / "sbom").iterdir())) == 1
     assert out["miss"] == out["hit"] == out["uncached"]
+    # `mkspawn cache status|prune` knows the new entries.
+    assert {"sbom", "dpkg-memo"} <= {e.kind for e in scan(cache)}
 
 
 def test_other_facts_are_never_answered_with_a_cached_sbom(tmp_path: Path, synthetic_kernel: Path) -> None:
