@@ -12,6 +12,7 @@ which is renamed into place only when complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from mkimage.bundle.manifest import Signature
 from mkimage.bundle.sign import make_signature
@@ -62,6 +64,7 @@ from mkimage.signing.keys import PrivateKey, key_id
 from mkimage.signing.trust import TrustStore
 
 log = logging.getLogger("mkspawn")
+_T = TypeVar("_T")
 Report = Callable[[str, str], None]  # (stage, detail), as the loader reports
 
 BASELINE_MEMBER = "baseline.dtb"
@@ -193,15 +196,9 @@ def build_system(system: System, out_dir: Path, signers: Sequence[PrivateKey] = 
         with _prefixed_logs():
             used, compiled = _prepare_kernels(system, cache_root)
             (work / BUNDLE_DIR).mkdir()
-            workers = max(1, min(jobs or os.cpu_count() or 1, len(system.spawns)))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mkspawn-spawn") as pool:
-                futures = [pool.submit(_build_spawn, s, work, signers, cache_root) for s in system.spawns]
-                try:
-                    results = [f.result() for f in futures]
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+            workers = jobs or os.cpu_count() or 1
+            results = _in_parallel([functools.partial(_build_spawn, s, work, signers, cache_root)
+                                    for s in system.spawns], workers, "mkspawn-spawn")
         baseline_path = work / BASELINE_MEMBER
         compile_dts(baseline_source(system), baseline_path)
         manifest = SystemManifest.build(
@@ -468,18 +465,25 @@ def check_system(checked: SystemReport, host: HostKernel, options: CheckOptions,
     results: list[CheckResult | None] = []
     with _prefixed_logs():
         if options.mode is Mode.KEXEC:
-            workers = max(1, min(jobs, len(entries)))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mkspawn-check") as pool:
-                futures = [pool.submit(one, e, b) for e, b in entries]
-                try:
-                    results = [f.result() for f in futures]
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+            results = list(_in_parallel([functools.partial(one, e, b) for e, b in entries], jobs,
+                                        "mkspawn-check"))
         else:
             for entry, bundle in entries:
                 unsupported = any(r is not None and r.outcome is Outcome.UNSUPPORTED_HOST for r in results)
                 results.append(None if unsupported else one(entry, bundle))
     spawns = tuple(SpawnCheck(e.instance, r) for (e, _), r in zip(entries, results, strict=True))
     return SystemCheck(checked.directory, options.mode, spawns)
+
+
+def _in_parallel(calls: Sequence[Callable[[], _T]], jobs: int, name: str) -> list[_T]:
+    """Each call's result in order, at most ``jobs`` at once; the first failure cancels
+    what has not started and is raised."""
+    workers = max(1, min(jobs, len(calls)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
