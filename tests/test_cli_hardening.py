@@ -142,8 +142,8 @@ def test_directory_as_bundle_is_one_line(tmp_path: Path, trust: Path, verb: str)
     extra = {"sign": ["--key", str(KEYS / "test-ed25519.pem")], "verify": ["--trust", str(trust)],
              "load": ["--trust", str(trust)], "check": ["--trust", str(trust)]}.get(verb, [])
     line = one_line(mkspawn(verb, tmp_path, *extra), ExitCode.USAGE)
-    # verify, inspect and load also take a system directory, so an empty one is refused as that.
-    system_verbs = ("verify", "inspect", "load")
+    # verify, inspect, load and check also take a system directory, so an empty one is refused as that.
+    system_verbs = ("verify", "inspect", "load", "check")
     expected = "no system.json: not a system directory" if verb in system_verbs else "bundle is a directory"
     assert f"{tmp_path}: {expected}" in line
 
