@@ -46,7 +46,9 @@ class CuttingProxy:
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
-        with client, socket.create_connection(self.upstream) as upstream:
+        # The client may hang up first (an interrupted pull): that ends the relay, not the test.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError), client, \
+                socket.create_connection(self.upstream) as upstream:
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
             sent = 0
             while data := upstream.recv(65536):
