@@ -71,7 +71,7 @@ def _chattr(flag: str, path: Path) -> None:
         missing("chattr is not installed (e2fsprogs)")
     done = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"chattr {flag} needs CAP_LINUX_IMMUTABLE: {done.stderr.strip()}")
+        missing(f"chattr {flag} needs CAP_LINUX_IMMUTABLE: {done.stderr.strip()}")
 
 
 def test_immutable_state_file_fails_after_verifying_with_one_line(tmp_path: Path, bundle: Path,

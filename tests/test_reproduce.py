@@ -13,7 +13,7 @@ import pytest
 
 from mkimage.reproduce import _compare, _read_recorded
 from tests.bundle.evidence_helpers import build, write_recipe_dir
-from tests.conftest import REPO, needs_tool, without_progress
+from tests.conftest import REPO, missing, needs_tool, without_progress
 from tests.conftest import run_mkspawn as mkspawn
 
 
@@ -114,7 +114,7 @@ def test_the_compiled_demo_kernel_reproduces_from_a_fresh_cache(tmp_path: Path) 
     patched, rebuilt with an empty cache must give the same bzImage, config and bundle."""
     needs_tool("make", "gcc", "busybox")
     if not Path("/usr/src/linux-source-6.12.tar.xz").is_file():
-        pytest.skip("linux-source-6.12 is not installed")
+        missing("linux-source-6.12 is not installed")
     recipes = tmp_path / "checkout" / "recipes"
     shutil.copytree(REPO / "recipes", recipes)
     shutil.copytree(REPO / "kernel", recipes.parent / "kernel")

@@ -11,12 +11,13 @@ import pytest
 
 from mkimage.initramfs.reader import read_initramfs_file
 from mkimage.qemu import hostfs
+from tests.conftest import missing
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (hostfs.PYTHON.is_file() and hostfs.CTYPES_SO.is_file()):
-        pytest.skip(f"{hostfs.PYTHON} with ctypes is not installed")
+        missing(f"{hostfs.PYTHON} with ctypes is not installed")
     return hostfs.python_runtime(tmp_path_factory.mktemp("cache") / "check")
 
 

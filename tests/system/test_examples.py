@@ -13,6 +13,7 @@ import pytest
 from mkimage.recipe.load import load_recipe
 from mkimage.recipe.model import AbiProfile
 from mkimage.recipe.system import is_system_file, load_system
+from tests.conftest import missing
 from tests.conftest import run_mkspawn as mkspawn
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -23,7 +24,7 @@ EXAMPLES = sorted(RECIPES.glob("*.toml"))
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_every_example_loads(path: Path) -> None:
     if not Path("/usr/src/linux-source-6.12.tar.xz").is_file():
-        pytest.skip("linux-source-6.12 is not installed (setup.sh installs it)")
+        missing("linux-source-6.12 is not installed (setup.sh installs it)")
     if is_system_file(path):
         system = load_system(path)
         assert len(system.spawns) >= 3 and system.warnings == ()
