@@ -114,6 +114,7 @@ def _compiled_kernel(recipe: Recipe, plan: _Plan, cache_root: Path) -> _KernelFi
     plan.inputs.extend(Input(InputKind(kind), Path(name).name, digest) for kind, name, digest in built.inputs)
     plan.tools.update(built.tools)
     plan.modules_dir = built.modules_dir
+    plan.digests.update(built.digests)
     wants_vmlinux = recipe.instance.profile in (AbiProfile.MK2, AbiProfile.MK_MASTER)
     return _KernelFiles(built.image, built.vmlinux if wants_vmlinux else None, built.config)
 

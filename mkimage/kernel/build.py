@@ -24,7 +24,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,9 @@ class KernelBuild:
     # lib/modules/<release> as modules_install left it (modules.dep and friends included);
     # None when the kernel was built without CONFIG_MODULES=y.
     modules_dir: Path | None = None
+    # sha256 of the entry's files as this load checked them, so the bundle build does not
+    # read a vmlinux or image again just to hash it.
+    digests: dict[Path, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +279,7 @@ def _load_entry(cache: KernelCache, key: str, params: ArchParams, *, cache_hit: 
         inputs=[(kind, name, digest) for kind, name, digest in entry["inputs"]],
         config_sha256=entry["config_sha256"],
         tools=dict(entry["tools"]),
+        digests={out / name: digest for name, digest in entry[DIGESTS_KEY].items()},
     )
 
 
@@ -348,8 +352,8 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     if modules:
         _install_modules(make, build_dir, staging / MODROOT_NAME, release, plan.env)
         tools["depmod"] = tool_identity(cache, "depmod", "--version")
-    for field, rel in sources.items():
-        os.replace(build_dir / rel, staging / _FILES[field])
+    for name, rel in sources.items():
+        os.replace(build_dir / rel, staging / _FILES[name])
     entry = {
         "key": plan.key,
         "release": release,
