@@ -174,11 +174,11 @@ def probe_tool(tool: Tool) -> ToolReport:
 
 def _dynamic_problem(path: Path) -> str | None:
     """A dynamically linked busybox cannot run in an initramfs without its libraries."""
-    from mkimage.initramfs.elf import read_elf
+    from mkimage.initramfs.elf import ELF_READ_ERRORS, read_elf
 
     try:
         interp = read_elf(str(path.resolve())).interp
-    except Exception as e:  # noqa: BLE001 - pyelftools raises its own ELFError besides OSError
+    except ELF_READ_ERRORS as e:
         return f"cannot read its ELF headers: {e}"
     return f"dynamically linked (interpreter {interp}), the initramfs needs a static one" if interp else None
 

@@ -113,6 +113,10 @@ def check_machine(path: Path, arch: Arch, key: str) -> None:
     )
 
 
+# What reading a file that is not a sound ELF raises: pyelftools' own error, I/O, bad values.
+ELF_READ_ERRORS = (ELFError, OSError, ValueError)
+
+
 def read_elf(path: str) -> ElfInfo:
     """Interpreter and dynamic entries, read from the program headers (sections may be stripped)."""
     with open(path, "rb") as f:
@@ -205,7 +209,7 @@ class LibraryResolver:
     def _read(self, walk: _Walk, path: str) -> ElfInfo:
         try:
             return read_elf(path)
-        except (ELFError, OSError, ValueError) as e:
+        except ELF_READ_ERRORS as e:
             raise InputError(f"{walk.key}: {path} is not a readable ELF file ({e})", code="bad-elf") from e
 
     def _place(self, walk: _Walk, path: str) -> str:
