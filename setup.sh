@@ -15,6 +15,8 @@ APT_PACKAGES=(
   busybox-static gzip zstd lz4
   # device trees, ACPI tables, Authenticode, boot checks
   device-tree-compiler acpica-tools sbsigntool qemu-system-x86
+  # build farms: a shared ccache remote storage and distributed compilation (docs/build-farms.md)
+  redis-server distcc
   # OCI registry (distribution) and an independent client for the push/pull tests
   docker-registry apache2-utils skopeo curl
   # python
