@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,12 +203,43 @@ def load_system(path: Path, *, strict: bool = False, env: Mapping[str, str] | No
             raise conv.fail((key,), _unknown_key_message(key, list(SYSTEM_SECTIONS)), "unknown-key")
     if "system" not in data:
         raise conv.fail((), "missing required table [system]", code="missing-key")
-    spec: SystemFile = conv.table(SystemFile, {**data}, ())
-    return _Resolver(path, spec, conv, strict, env, cwd).resolve()
+    try:
+        spec: SystemFile = conv.table(SystemFile, {**data}, ())
+        return _Resolver(path, spec, conv, strict, env, cwd).resolve()
+    except RecipeError as e:
+        raise _as_written(e, data.get("spawns")) from None
 
 
 def _where(loc: Location) -> str:
     return str(loc)
+
+
+class SpawnKeyError(RecipeError):
+    """A key of one [[spawns]] entry, named the way the file names the spawn (its
+    ``name``, else its place in the list) rather than as ``spawns[N]``."""
+
+    def __init__(self, e: RecipeError, spawn: str, rest: str) -> None:
+        super().__init__(e.loc, e.key, e.message, code=e.code, hint=e.hint)
+        self.spawn, self.rest = spawn, rest
+
+    def render(self) -> str:
+        key = f" {self.rest}" if self.rest else ""
+        return f"{self.loc}: [[spawns]] {self.spawn}{key}: {self.message} [{self.code}]"
+
+
+_SPAWN_KEY = re.compile(r"spawns\[(\d+)\](?:\.(.*))?")
+
+
+def _as_written(e: RecipeError, spawns: object) -> RecipeError:
+    """``e`` about ``spawns[N].key`` as a SpawnKeyError naming spawn N by its name."""
+    match = _SPAWN_KEY.fullmatch(e.key or "")
+    if match is None:
+        return e
+    index = int(match[1])
+    entry = spawns[index] if isinstance(spawns, list) and index < len(spawns) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    shown = repr(name) if isinstance(name, str) and name else f"#{index + 1}"
+    return SpawnKeyError(e, shown, match[2] or "")
 
 
 class SystemConflictError(RecipeError):
