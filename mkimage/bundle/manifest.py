@@ -36,7 +36,7 @@ from mkimage.bundle.tarball import MAX_MTIME, MAX_SIZE, name_problem
 from mkimage.errors import FormatError
 
 # The recipe owns these choices; the manifest records them, so it re-exports the same enums.
-from mkimage.recipe.model import AbiProfile, Arch
+from mkimage.recipe.targets import AbiProfile, Arch
 from mkimage.signing.keys import Scheme as SignatureScheme
 
 __all__ = [

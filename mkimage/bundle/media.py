@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mkimage.recipe.model import Arch
+from mkimage.recipe.targets import Arch
 
 # Media types name the bytes, not the role: a loader can tell a bzImage from an
 # arm64 Image, or a zstd initrd from a plain cpio, without sniffing.

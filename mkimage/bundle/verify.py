@@ -17,17 +17,19 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from mkimage.bundle.attestations import Evidence, check_provenance, check_sbom, read_evidence
 from mkimage.bundle.container import BundleContents, BundleHead, HeadCheck, iter_component, read_bundle
 from mkimage.bundle.manifest import Manifest, Role, Signature, version_key
 from mkimage.bundle.roles import check_content_types, check_roles
 from mkimage.errors import FormatError, InputError, MkspawnError, RollbackError, VerifyError
-from mkimage.handover.binding import Handover, decode_handover
 from mkimage.outputs import write_atomic
 from mkimage.signing.keys import verify_bytes
 from mkimage.signing.trust import TrustStore
+
+if TYPE_CHECKING:
+    from mkimage.handover.binding import Handover
 
 STATE_TYPE = "mkspawn-rollback-state"
 MAX_CMDLINE_SHOWN = 4096
@@ -180,6 +182,9 @@ def _handover(f: BinaryIO, contents: BundleContents, path: Path) -> Handover | N
     data = _member(f, contents, Role.HANDOVER)
     if data is None:
         return None
+    # Only for a bundle that carries one: the decoder brings the devicetree modules.
+    from mkimage.handover.binding import decode_handover
+
     try:
         return decode_handover(data)
     except MkspawnError as e:

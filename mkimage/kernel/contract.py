@@ -35,7 +35,7 @@ from mkimage.kernel.arm64_image import Arm64ImageHeader
 from mkimage.kernel.elfnote import ElfInfo
 from mkimage.kernel.release import CodecUnavailableError, decompress
 from mkimage.kernel.setup_header import Compression, SetupHeader
-from mkimage.recipe.model import AbiProfile, Arch
+from mkimage.recipe.targets import AbiProfile, Arch
 
 # kexec-bzimage64.c: "File is too short to be a bzImage" below this many bytes.
 BZIMAGE_MIN_SIZE = 1024

@@ -14,18 +14,20 @@ accepts it; it is recognised only to say so.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from elftools.common.exceptions import ELFError
-from elftools.construct.core import ConstructError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_CORE_NOTE_N_TYPE, ENUM_NOTE_N_TYPE
-from elftools.elf.segments import NoteSegment
+from typing import TYPE_CHECKING
 
 from mkimage.errors import FormatError
+
+# pyelftools (about 20 ms to import) is loaded only when an ELF image is read: verifying
+# or inspecting a bundle whose kernel is a bzImage never needs it.
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import NoteSegment
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -36,17 +38,23 @@ MK_NOTE_TYPE = 0x4D4B
 UNCONFIRMED_NOTE_TYPE = 0x4D4B0002
 MK_NOTE_DESC_SIZE = 8  # a u64: offset of multikernel_startup_64 in the image
 
-# pyelftools reports malformed input through its own errors, its bundled construct
-# library, and (for short or odd reads) plain Python errors; all mean "not a valid ELF".
-PYELFTOOLS_ERRORS = (
-    ELFError,
-    ConstructError,
-    struct.error,
-    ValueError,
-    EOFError,
-    IndexError,
-    OverflowError,  # seeking to a 64-bit offset from a corrupt header
-)
+
+@functools.cache
+def pyelftools_errors() -> tuple[type[Exception], ...]:
+    """What pyelftools raises for malformed input: its own errors, its bundled construct
+    library's, and (for short or odd reads) plain Python errors; all mean "not a valid ELF"."""
+    from elftools.common.exceptions import ELFError
+    from elftools.construct.core import ConstructError
+
+    return (
+        ELFError,
+        ConstructError,
+        struct.error,
+        ValueError,
+        EOFError,
+        IndexError,
+        OverflowError,  # seeking to a 64-bit offset from a corrupt header
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +91,24 @@ def is_elf(data: bytes) -> bool:
     return data.startswith(ELF_MAGIC)
 
 
-# pyelftools turns note types it knows (1..5 for non-core files, more for cores) into
-# names; the multikernel checks compare numbers, so map names back.
-_NOTE_TYPE_NUMBERS: dict[str, int] = {
-    **{k: v for k, v in ENUM_NOTE_N_TYPE.items() if isinstance(v, int)},
-    **{k: v for k, v in ENUM_CORE_NOTE_N_TYPE.items() if isinstance(v, int)},
-}
+@functools.cache
+def _note_type_numbers() -> dict[str, int]:
+    """pyelftools turns note types it knows (1..5 for non-core files, more for cores) into
+    names; the multikernel checks compare numbers, so map names back."""
+    from elftools.elf.enums import ENUM_CORE_NOTE_N_TYPE, ENUM_NOTE_N_TYPE
+
+    return {
+        **{k: v for k, v in ENUM_NOTE_N_TYPE.items() if isinstance(v, int)},
+        **{k: v for k, v in ENUM_CORE_NOTE_N_TYPE.items() if isinstance(v, int)},
+    }
 
 
 def _note_type(raw: object) -> int:
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and raw in _NOTE_TYPE_NUMBERS:
-        return _NOTE_TYPE_NUMBERS[raw]
+    numbers = _note_type_numbers()
+    if isinstance(raw, str) and raw in numbers:
+        return numbers[raw]
     raise FormatError(f"note type: cannot interpret {raw!r}")
 
 
@@ -144,6 +157,9 @@ def read_elf(data: bytes) -> ElfInfo:
         raise FormatError(
             f"ELF magic: expected {ELF_MAGIC!r}, got {data[:4]!r}", offset=0
         )
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import NoteSegment
+
     try:
         elf = ELFFile(io.BytesIO(data))
         header = elf.header
@@ -172,7 +188,7 @@ def read_elf(data: bytes) -> ElfInfo:
             notes=tuple(notes),
             has_note_segment=has_note_segment,
         )
-    except PYELFTOOLS_ERRORS as e:
+    except pyelftools_errors() as e:
         raise FormatError(f"ELF: {e}", offset=0) from e
 
 

@@ -26,9 +26,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from types import ModuleType
-
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
+from typing import TYPE_CHECKING
 
 from mkimage.errors import FormatError, MkspawnError
 from mkimage.kernel import elfnote
@@ -39,6 +37,9 @@ from mkimage.kernel.setup_header import (
     parse_setup_header,
     payload_bytes,
 )
+
+if TYPE_CHECKING:  # pyelftools is imported where an ELF is read (see elfnote)
+    from elftools.elf.elffile import ELFFile
 
 # init/version.c: linux_banner = "Linux version " UTS_RELEASE " (" ... ")".
 BANNER_PREFIX = b"Linux version "
@@ -249,6 +250,9 @@ def _vaddr_to_offset(elf: ELFFile, vaddr: int) -> int | None:
 
 
 def _elf_release(data: bytes) -> str | None:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
     try:
         elf = ELFFile(io.BytesIO(data))
         symtab = elf.get_section_by_name(".symtab")
@@ -265,7 +269,7 @@ def _elf_release(data: bytes) -> str | None:
         rodata = elf.get_section_by_name(".rodata")
         if rodata is not None and rodata["sh_type"] != "SHT_NOBITS":
             return _search_banner(rodata.data())
-    except elfnote.PYELFTOOLS_ERRORS:
+    except elfnote.pyelftools_errors():
         # A damaged symbol table or section header is not fatal: the caller falls back
         # to scanning the raw bytes for the banner.
         return None

@@ -13,20 +13,7 @@ from pathlib import Path
 from mkimage.recipe import checks
 from mkimage.recipe.locations import KeyLocations
 from mkimage.recipe.settings import in_range, internal, matches, optional, setting, table_check
-
-
-class Arch(enum.StrEnum):
-    X86_64 = "x86_64"
-    ARM64 = "arm64"
-
-
-class AbiProfile(enum.StrEnum):
-    """Which multikernel loader generation the spawn targets (multikernel-abi.md §2)."""
-
-    NONE = "none"  # plain kexec_file_load target, no multikernel host
-    V2 = "v2"
-    MK2 = "mk2"
-    MK_MASTER = "mk-master"
+from mkimage.recipe.targets import AbiProfile, Arch
 
 
 class KeyRef(str):

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -52,6 +51,9 @@ def load_public_key_file(path: Path) -> PublicKey:
     key: object
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
+            # Only here: cryptography.x509 costs ~15 ms to import, and most stores hold keys.
+            from cryptography import x509
+
             key = x509.load_pem_x509_certificate(data).public_key()
         else:
             key = serialization.load_pem_public_key(data)
