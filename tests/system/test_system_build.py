@@ -251,3 +251,22 @@ def test_example_system_shares_one_kernel_build(tmp_path: Path) -> None:
     configs = {b.manifest.provenance.config_sha256 for b in result.bundles}
     assert len(configs) == 1 and "" not in configs
     assert [e.cpus for e in result.manifest.spawns] == [(2, 3), (4, 5), (6, 7)]
+
+
+def test_system_baseline_keeps_the_recipes_baseline_dts(tmp_path: Path, synthetic_kernel: Path) -> None:
+    """Regression: the spawns' recipes keep [devicetree] baseline_dts, but the system's
+    pool baseline was generated from [pool] alone, so their extra nodes were dropped.
+    Each distinct file is merged once, in spawn order (spawn.toml is two spawns)."""
+    system = write_system(tmp_path / "src", synthetic_kernel)
+    (tmp_path / "src" / "extra.dtsi").write_text('/ { board { model = "edge-1"; }; };\n')
+    recipe = tmp_path / "src" / "spawn.toml"
+    recipe.write_text(recipe.read_text() + '[devicetree]\nbaseline_dts = "extra.dtsi"\n')
+    shown = mkspawn("dt", system, "--baseline")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count('model = "edge-1";') == 1
+    out = tmp_path / "out"
+    done = mkspawn("build", system, "-o", out)
+    assert done.returncode == 0, done.stderr
+    dts = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", str(out / "baseline.dtb")], capture_output=True,
+                         text=True, check=True).stdout
+    assert 'model = "edge-1";' in dts
