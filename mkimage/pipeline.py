@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ from pathlib import Path
 from mkimage import __version__, assets
 from mkimage.acpi.build import build_acpi, early_files
 from mkimage.artifacts import Artifact
-from mkimage.bundle.container import write_bundle
+from mkimage.bundle.container import read_bundle, write_bundle
 from mkimage.bundle.manifest import (
     Component,
     Input,
@@ -33,22 +34,22 @@ from mkimage.bundle.manifest import (
     Role,
 )
 from mkimage.bundle.media import CMDLINE_MEDIA, CONFIG_MEDIA, KERNEL_MEDIA, VMLINUX_MEDIA, initrd_media_type
-from mkimage.bundle.provenance import RecipeParameters, make_envelope
+from mkimage.bundle.provenance import Envelope, RecipeParameters, make_envelope, make_statement
 from mkimage.bundle.sign import make_signature
 from mkimage.context import default_cache_root
 from mkimage.devicetree.build import build_devicetree
 from mkimage.digests import file_sha256
-from mkimage.errors import InputError, MkspawnError
+from mkimage.errors import FormatError, InputError, MkspawnError
 from mkimage.evidence import recipe_input, recipe_parameters, sbom_artifact
 from mkimage.handover.build import build_handover, spawn_cmdline
 from mkimage.initramfs.build import build_initramfs
-from mkimage.kernel.build import build_kernel
+from mkimage.kernel.build import KernelBuild, build_kernel
 from mkimage.kernel.contract import check_image
 from mkimage.kernel.release import kernel_release
 from mkimage.outputs import atomic_output, write_atomic
 from mkimage.recipe.model import AbiProfile, Arch, Recipe
 from mkimage.signing.authenticode import sign_image
-from mkimage.signing.keys import PrivateKey, key_id
+from mkimage.signing.keys import PrivateKey, key_id, verify_bytes
 
 log = logging.getLogger("mkspawn")
 
@@ -63,6 +64,7 @@ class BuildResult:
     sha256: str
     manifest: Manifest
     signed_by: tuple[str, ...]
+    reused: bool = False  # the bundle at ``reuse`` was kept: nothing was packed or signed
 
 
 @dataclass(slots=True)
@@ -105,11 +107,14 @@ class _KernelFiles:
     config: Path | None
 
 
-def _compiled_kernel(recipe: Recipe, plan: _Plan, cache_root: Path) -> _KernelFiles:
+def _compiled_kernel(recipe: Recipe, plan: _Plan, cache_root: Path, built: KernelBuild | None) -> _KernelFiles:
+    """``built``: this recipe's kernel as the caller just loaded it from the cache (a system
+    build checks each distinct kernel once, not once per spawn)."""
     epoch = recipe.metadata.source_date_epoch
     assert epoch is not None
-    built = build_kernel(recipe.kernel, arch=recipe.metadata.arch.value, cache_root=cache_root,
-                         source_date_epoch=epoch)
+    if built is None:
+        built = build_kernel(recipe.kernel, arch=recipe.metadata.arch.value, cache_root=cache_root,
+                             source_date_epoch=epoch)
     # Base names: the digests identify the content, and absolute paths would differ per checkout.
     plan.inputs.extend(Input(InputKind(kind), Path(name).name, digest) for kind, name, digest in built.inputs)
     plan.tools.update(built.tools)
@@ -133,9 +138,10 @@ def _prebuilt_kernel(recipe: Recipe, plan: _Plan) -> _KernelFiles:
     return files
 
 
-def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path) -> Path:
+def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path,
+                  built: KernelBuild | None = None) -> Path:
     if recipe.kernel.source is not None:
-        files = _compiled_kernel(recipe, plan, cache_root)
+        files = _compiled_kernel(recipe, plan, cache_root, built)
     else:
         files = _prebuilt_kernel(recipe, plan)
     _check_contract(recipe, files, plan, cache_root)
@@ -294,10 +300,11 @@ def _tools() -> dict[str, str]:
 
 
 def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path,
-                  params: RecipeParameters | None = None) -> tuple[Manifest, list[Artifact]]:
+                  params: RecipeParameters | None = None, *,
+                  kernel_build: KernelBuild | None = None) -> tuple[Manifest, list[Artifact]]:
     plan = _Plan(tools=_tools())
     plan.inputs.append(recipe_input(params or recipe_parameters(recipe, ())))
-    kernel = _stage_kernel(recipe, plan, work_dir, cache_root)
+    kernel = _stage_kernel(recipe, plan, work_dir, cache_root, kernel_build)
     _stage_hardware(recipe, plan, work_dir)
     _stage_initrd(recipe, plan, work_dir, cache_root)
     _stage_cmdline(recipe, plan, work_dir)
@@ -335,13 +342,24 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path,
 
 def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), *,
                  cache_root: Path | None = None, overrides: Sequence[str] = (),
-                 params: RecipeParameters | None = None) -> BuildResult:
+                 params: RecipeParameters | None = None, kernel_build: KernelBuild | None = None,
+                 reuse: Path | None = None) -> BuildResult:
     """``overrides`` are the --set options the recipe was loaded with, for the provenance
-    (``params``, when given, is what the provenance records instead: `reproduce`)."""
+    (``params``, when given, is what the provenance records instead: `reproduce`).
+
+    ``reuse``: an earlier build of the same bundle.  After planning (every stage a cache
+    hit on a no-op), it becomes ``out`` (a hard link, nothing packed or signed) when
+    :func:`_reusable` finds it is exactly what this build would write; anything else
+    about it, tampered, stale or signed by other keys, and the bundle is built anew."""
     params = params or recipe_parameters(recipe, overrides)
     with tempfile.TemporaryDirectory(prefix="mkspawn-build-") as tmp:
-        manifest, files = plan_manifest(recipe, Path(tmp), cache_root or default_cache_root(), params)
+        manifest, files = plan_manifest(recipe, Path(tmp), cache_root or default_cache_root(), params,
+                                        kernel_build=kernel_build)
         manifest_bytes = manifest.to_bytes()
+        if reuse is not None and _link_reusable(reuse, out, manifest, manifest_bytes, params, signers):
+            log.info("kept %s: its manifest, signatures and provenance are what this build makes", out)
+            return BuildResult(out, out.stat().st_size, file_sha256(out), manifest,
+                               tuple(key_id(k.public_key()) for k in signers), reused=True)
         signatures = [make_signature(key, manifest_bytes) for key in signers]
         provenance = make_envelope(manifest, manifest_bytes, params, signers)
         with atomic_output(out) as f:
@@ -350,6 +368,51 @@ def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), 
     log.info("wrote %s", out)
     return BuildResult(out, out.stat().st_size, file_sha256(out), manifest,
                        tuple(key_id(k.public_key()) for k in signers))
+
+
+def _link_reusable(reuse: Path, out: Path, manifest: Manifest, manifest_bytes: bytes, params: RecipeParameters,
+                   signers: Sequence[PrivateKey]) -> bool:
+    """Hard-link ``reuse`` to ``out`` if it is the bundle this build would write; the
+    check runs on the linked file, so what was checked is what stays."""
+    try:
+        if not stat.S_ISREG(os.lstat(reuse).st_mode):
+            return False
+        os.link(reuse, out)
+    except OSError:
+        return False
+    if _reusable(out, manifest, manifest_bytes, params, signers):
+        return True
+    out.unlink()
+    return False
+
+
+def _reusable(path: Path, manifest: Manifest, manifest_bytes: bytes, params: RecipeParameters,
+              signers: Sequence[PrivateKey]) -> bool:
+    """Whether ``path`` is byte for byte what writing this build would give, without
+    packing or signing: the container reader accepts only the canonical layout (member
+    order, headers, padding, every mtime the manifest's epoch) and checks every
+    component against the manifest; the manifest bytes are this build's; the
+    signatures, one per signer and no other, verify over them, as the provenance
+    envelope's do over this build's statement.  A signature by a deterministic scheme
+    (Ed25519, the default) that verifies is the one signing would make again; ECDSA
+    and RSA-PSS signatures are random, so no two fresh builds agree on them anyway."""
+    publics = {key_id(k.public_key()): k.public_key() for k in signers}
+    try:
+        with path.open("rb") as f:
+            contents = read_bundle(f)
+        if contents.manifest_bytes != manifest_bytes or contents.provenance is None:
+            return False
+        sigs = {sig.keyid: sig for _, sig in contents.signatures}
+        if sigs.keys() != publics.keys() or not all(
+                verify_bytes(publics[k], s.scheme, manifest_bytes, bytes.fromhex(s.sig)) for k, s in sigs.items()):
+            return False
+        envelope = Envelope.from_bytes(contents.provenance)
+        statement = make_statement(manifest, manifest_bytes, params)
+        return (envelope.payload == statement and envelope.to_bytes() == contents.provenance
+                and {k for k, _ in envelope.signatures} == publics.keys()
+                and all(envelope.verifies(k, key) for k, key in publics.items()))
+    except (OSError, ValueError, FormatError):
+        return False
 
 
 def summary(result: BuildResult) -> Mapping[str, object]:

@@ -51,7 +51,7 @@ from mkimage.devicetree.dts import render_dts
 from mkimage.devicetree.schema import pool_tree
 from mkimage.digests import file_sha256
 from mkimage.errors import FormatError, InputError, UsageError, VerifyError
-from mkimage.kernel.build import build_kernel
+from mkimage.kernel.build import KernelBuild, build_kernel
 from mkimage.loader import multikernel
 from mkimage.outputs import write_atomic
 from mkimage.pipeline import BuildResult, build_bundle
@@ -80,6 +80,11 @@ class SystemBuildResult:
     bundles: tuple[BuildResult, ...]
     kernels_compiled: tuple[str, ...]  # cache keys this build compiled (not cache hits)
     kernels_used: tuple[str, ...]  # every distinct cache key, in spawn order
+
+    @property
+    def bundles_reused(self) -> tuple[str, ...]:
+        """The instances whose bundle from the earlier build in DIR was kept as it was."""
+        return tuple(e.instance for e, b in zip(self.manifest.spawns, self.bundles, strict=True) if b.reused)
 
 
 def baseline_files(system: System) -> list[Path]:
@@ -154,36 +159,48 @@ def _check_output_dir(out_dir: Path) -> None:
                          code="exists")
 
 
-def _prepare_kernels(system: System, cache_root: Path) -> tuple[list[str], list[str]]:
-    """Compile each distinct kernel of the system once, before any spawn is packed.
-    Returns (every key used, the keys compiled now)."""
-    done: list[tuple[KernelSpec, str, int, str]] = []
-    compiled: list[str] = []
+@dataclass(frozen=True, slots=True)
+class _Kernels:
+    by_spawn: tuple[KernelBuild | None, ...]  # None: a prebuilt [kernel] image
+    used: tuple[str, ...]
+    compiled: tuple[str, ...]
+
+
+def _prepare_kernels(system: System, cache_root: Path) -> _Kernels:
+    """Compile each distinct kernel of the system once, before any spawn is packed; the
+    spawns get the build as loaded here, so a cache entry is checked once, not per spawn."""
+    done: list[tuple[tuple[KernelSpec, str, int], KernelBuild]] = []
+    by_spawn: list[KernelBuild | None] = []
     for spawn in system.spawns:
         recipe = spawn.recipe
         epoch = recipe.metadata.source_date_epoch
         assert epoch is not None
         if recipe.kernel.source is None:
+            by_spawn.append(None)
             continue
         wanted = (recipe.kernel, recipe.metadata.arch.value, epoch)
-        if any(wanted == (spec, arch, e) for spec, arch, e, _ in done):
-            continue
-        with _as_spawn(spawn.instance.name or str(spawn.index)):
-            built = build_kernel(recipe.kernel, arch=wanted[1], cache_root=cache_root, source_date_epoch=epoch)
-        done.append((*wanted, built.cache_key))
-        if not built.cache_hit:
-            compiled.append(built.cache_key)
-    return list(dict.fromkeys(key for *_, key in done)), compiled
+        built = next((b for w, b in done if w == wanted), None)
+        if built is None:
+            with _as_spawn(spawn.instance.name or str(spawn.index)):
+                built = build_kernel(recipe.kernel, arch=wanted[1], cache_root=cache_root, source_date_epoch=epoch)
+            done.append((wanted, built))
+        by_spawn.append(built)
+    return _Kernels(tuple(by_spawn), tuple(dict.fromkeys(b.cache_key for _, b in done)),
+                    tuple(b.cache_key for _, b in done if not b.cache_hit))
 
 
 def _bundle_name(spawn: Spawn) -> str:
     return f"{BUNDLE_DIR}/{spawn.instance.name}.mkb"
 
 
-def _build_spawn(spawn: Spawn, work: Path, signers: Sequence[PrivateKey], cache_root: Path) -> BuildResult:
+def _build_spawn(spawn: Spawn, work: Path, signers: Sequence[PrivateKey], cache_root: Path,
+                 kernel: KernelBuild | None, earlier: Path | None) -> BuildResult:
+    """``earlier``: the system directory being replaced, whose bundle of this instance is
+    kept when it is exactly what this build would write (build_bundle's ``reuse``)."""
     assert spawn.instance.name is not None
     with _as_spawn(spawn.instance.name):
-        return build_bundle(spawn.recipe, work / _bundle_name(spawn), signers, cache_root=cache_root)
+        return build_bundle(spawn.recipe, work / _bundle_name(spawn), signers, cache_root=cache_root,
+                            kernel_build=kernel, reuse=None if earlier is None else earlier / _bundle_name(spawn))
 
 
 def _entry(spawn: Spawn, result: BuildResult) -> SpawnEntry:
@@ -204,13 +221,15 @@ def build_system(system: System, out_dir: Path, signers: Sequence[PrivateKey] = 
     cache_root = cache_root or default_cache_root()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    earlier = out_dir if (out_dir / SYSTEM_MANIFEST).is_file() else None
     try:
         with _prefixed_logs():
-            used, compiled = _prepare_kernels(system, cache_root)
+            kernels = _prepare_kernels(system, cache_root)
             (work / BUNDLE_DIR).mkdir()
             workers = jobs or os.cpu_count() or 1
-            results = _in_parallel([functools.partial(_build_spawn, s, work, signers, cache_root)
-                                    for s in system.spawns], workers, "mkspawn-spawn")
+            results = _in_parallel([functools.partial(_build_spawn, s, work, signers, cache_root, k, earlier)
+                                    for s, k in zip(system.spawns, kernels.by_spawn, strict=True)],
+                                   workers, "mkspawn-spawn")
         baseline_path = work / BASELINE_MEMBER
         compile_dts(baseline_source(system, inline_user_files=False), baseline_path,
                     user_files=baseline_files(system))
@@ -231,7 +250,7 @@ def build_system(system: System, out_dir: Path, signers: Sequence[PrivateKey] = 
     log.info("wrote %s", out_dir)
     return SystemBuildResult(out_dir, manifest, file_sha256(out_dir / SYSTEM_MANIFEST),
                              tuple(key_id(k.public_key()) for k in signers), tuple(results),
-                             kernels_compiled=tuple(compiled), kernels_used=tuple(used))
+                             kernels_compiled=kernels.compiled, kernels_used=kernels.used)
 
 
 def _replace_dir(work: Path, out_dir: Path) -> None:
@@ -264,6 +283,7 @@ def summary(result: SystemBuildResult) -> dict[str, object]:
                    for e in result.manifest.spawns],
         "kernels_used": list(result.kernels_used),
         "kernels_compiled": list(result.kernels_compiled),
+        "bundles_reused": list(result.bundles_reused),
     }
 
 
