@@ -119,3 +119,33 @@ def test_completion_scripts_and_verbs(tmp_path: Path, shell: str) -> None:
            "COMP_CWORD": "1"}
     done = subprocess.run([sys.executable, "-m", "mkimage"], env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["plain,verify"]
+
+
+PACK_PROBE = """
+import json, sys
+from pathlib import Path
+from mkimage.initramfs.newc import write_archive
+from mkimage.initramfs.userland import check_machine, tree_entries
+from mkimage.recipe.targets import Arch
+check_machine(Path("/bin/true"), Arch.X86_64, "initramfs.binaries[0]")
+with open(sys.argv[2], "wb") as out:
+    write_archive(tree_entries(Path(sys.argv[3]), "/", "bench", None), out, source_date_epoch=0)
+with open(sys.argv[1], "w") as f:
+    json.dump(sorted(sys.modules), f)
+"""
+
+
+def test_packing_a_tree_loads_no_elf_parser_nor_recipe_model(tmp_path: Path) -> None:
+    """What bench/initramfs.py's packer starts with, and the e_machine check every build
+    makes: pyelftools' parser (~30 ms) is for library closures only."""
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "hello").write_text("#!/bin/sh\necho hi\n")
+    out = tmp_path / "modules.json"
+    done = subprocess.run([sys.executable, "-c", PACK_PROBE, out, tmp_path / "out.cpio", tree], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    modules = set(json.loads(out.read_text()))
+    assert {m for m in modules if m.startswith(("elftools.elf", "elftools.construct", "elftools.dwarf"))} == set()
+    assert "mkimage.recipe.model" not in modules
+    assert b"bin/hello" in (tmp_path / "out.cpio").read_bytes()

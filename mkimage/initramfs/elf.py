@@ -26,13 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Only pyelftools' error class here (cheap); its parser (about 30 ms to import) is loaded
+# when a dynamic closure is read, not for the header checks every build makes.
 from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSegment
-from elftools.elf.elffile import ELFFile
-from elftools.elf.segments import InterpSegment
 
 from mkimage.errors import InputError
-from mkimage.recipe.model import Arch
+from mkimage.recipe.targets import Arch
 
 ELF_MAGIC = b"\x7fELF"
 MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
@@ -41,6 +40,8 @@ LD_SO_CONF = Path("/etc/ld.so.conf")
 # The e_machine a target's kernel executes (pyelftools' names, as readelf prints them).
 ARCH_MACHINES: dict[Arch, str] = {Arch.X86_64: "EM_X86_64", Arch.ARM64: "EM_AARCH64"}
 _MACHINE_NAMES = {"EM_X86_64": "x86-64", "EM_AARCH64": "AArch64", "EM_386": "i386", "EM_ARM": "32-bit Arm"}
+# e_machine numbers (elf.h) of the names above.
+_MACHINE_NUMBERS = {62: "EM_X86_64", 183: "EM_AARCH64", 3: "EM_386", 40: "EM_ARM"}
 
 # e_machine → (Debian multiarch triplet, $PLATFORM)
 _MACHINES = {
@@ -90,11 +91,18 @@ def elf_identity(path: str) -> tuple[int, int] | None:
 
 def elf_machine(path: Path) -> str | None:
     """e_machine as pyelftools names it (``EM_X86_64``), or None if the file is not ELF."""
-    try:
-        with open(path, "rb") as f:
-            return str(ELFFile(f)["e_machine"])
-    except (ELFError, OSError):
+    identity = elf_identity(str(path))
+    if identity is None:
         return None
+    number = identity[1]
+    return _MACHINE_NUMBERS.get(number) or _pyelftools_machine_name(number)
+
+
+def _pyelftools_machine_name(number: int) -> str:
+    """A machine outside our table, named for the refusal message (the number if unknown)."""
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    return next((name for name, value in ENUM_E_MACHINE.items() if value == number), str(number))
 
 
 def check_machine(path: Path, arch: Arch, key: str) -> None:
@@ -119,6 +127,10 @@ ELF_READ_ERRORS = (ELFError, OSError, ValueError)
 
 def read_elf(path: str) -> ElfInfo:
     """Interpreter and dynamic entries, read from the program headers (sections may be stripped)."""
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import InterpSegment
+
     with open(path, "rb") as f:
         elf = ELFFile(f)
         interp: str | None = None

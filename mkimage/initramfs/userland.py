@@ -19,14 +19,18 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mkimage.assets import asset_path
 from mkimage.errors import FormatError, shown_path
 from mkimage.initramfs.elf import LibraryResolver, check_machine, elf_identity
 from mkimage.initramfs.newc import CpioEntry, EntryKind, Reader, archive_name, show_name
 from mkimage.recipe.locations import key_error, parse_key
-from mkimage.recipe.model import Arch, InitramfsSpec, NodeType
+from mkimage.recipe.targets import Arch
 from mkimage.run import run
+
+if TYPE_CHECKING:  # packing a tree needs no recipe model (bench/initramfs.py's child)
+    from mkimage.recipe.model import InitramfsSpec
 
 BUSYBOX = Path("/bin/busybox")  # Debian busybox-static: no libraries to chase
 # The default init (a busybox script), shipped from the repo's initramfs/.
@@ -34,8 +38,6 @@ DEFAULT_INIT = "initramfs/init.sh"
 COMMAND_PATH = "etc/mkspawn/command"
 CONSOLE = CpioEntry.node(b"dev/console", EntryKind.CHAR, major=5, minor=1, mode=0o600)
 
-_NODE_KINDS = {NodeType.CHAR: EntryKind.CHAR, NodeType.BLOCK: EntryKind.BLOCK,
-               NodeType.FIFO: EntryKind.FIFO, NodeType.SOCKET: EntryKind.SOCKET}
 _HASH_CHUNK = 1024 * 1024
 
 
@@ -228,8 +230,12 @@ def layout_userland(spec: InitramfsSpec, digests: dict[str, str] | None,
         for entry in tree_entries(tree.src, tree.dst, f"{key}.src", digests):
             layout.add(entry, key)
     _add_binaries(layout, spec, digests)
+    from mkimage.recipe.model import NodeType
+
+    node_kinds = {NodeType.CHAR: EntryKind.CHAR, NodeType.BLOCK: EntryKind.BLOCK,
+                  NodeType.FIFO: EntryKind.FIFO, NodeType.SOCKET: EntryKind.SOCKET}
     for i, node in enumerate(spec.nodes):
-        entry = CpioEntry.node(os.fsencode(node.path), _NODE_KINDS[node.type], major=node.major or 0,
+        entry = CpioEntry.node(os.fsencode(node.path), node_kinds[node.type], major=node.major or 0,
                                minor=node.minor or 0, mode=node.mode)
         layout.add(entry, f"initramfs.nodes[{i}].path")
     for i, link in enumerate(spec.symlinks):

@@ -59,3 +59,27 @@ def test_scripts_pass_for_any_arch_and_the_host_arch_takes_host_binaries(tmp_pat
     assert {b"init", b"dev/console"} <= names
     x86 = build_initramfs(InitramfsSpec(busybox=True), tmp_path / "x86", source_date_epoch=0, arch=Arch.X86_64)
     assert x86.tools["busybox"].startswith("BusyBox")
+
+
+@pytest.mark.parametrize("machine", [62, 183, 3, 40, 21, 0x7777], ids=["x86-64", "aarch64", "i386", "arm", "ppc64",
+                                                                       "unknown"])
+def test_the_header_read_names_machines_as_pyelftools_does(tmp_path: Path, machine: int) -> None:
+    """elf_machine reads e_machine from the header itself (no pyelftools parse on every
+    build); its names must stay pyelftools', which the refusal messages print."""
+    from elftools.elf.elffile import ELFFile
+
+    head = bytearray(HOST_PROGRAM.read_bytes())
+    head[18:20] = machine.to_bytes(2, "little")
+    path = tmp_path / "prog"
+    path.write_bytes(head)
+    with path.open("rb") as f:
+        expected = str(ELFFile(f)["e_machine"])
+    assert elf_machine(path) == expected
+
+
+def test_non_elf_and_short_files_have_no_machine(tmp_path: Path) -> None:
+    (tmp_path / "script").write_text("#!/bin/sh\n")
+    (tmp_path / "short").write_bytes(b"\x7fELF\x02\x01")
+    assert elf_machine(tmp_path / "script") is None
+    assert elf_machine(tmp_path / "short") is None
+    assert elf_machine(tmp_path / "absent") is None
