@@ -243,14 +243,16 @@ memory_bytes = 0x10000000
 
 @pytest.mark.slow
 def test_example_system_shares_one_kernel_build(tmp_path: Path) -> None:
-    """recipes/system-demo.toml: three spawns (two recipes) on one kernel cache entry."""
+    """recipes/system-demo.toml: three spawns (two recipes) on one kernel cache entry; two name
+    their CPUs by APIC id and calc's count lands on the core they leave."""
     system = load_system(REPO / "recipes" / "system-demo.toml")
     result = build_system(system, tmp_path / "out")
     assert len(result.kernels_used) == 1
     assert len(result.kernels_compiled) <= 1
     configs = {b.manifest.provenance.config_sha256 for b in result.bundles}
     assert len(configs) == 1 and "" not in configs
-    assert [e.cpus for e in result.manifest.spawns] == [(2, 3), (4, 5), (6, 7)]
+    assert [(e.instance, e.cpus) for e in result.manifest.spawns] == \
+        [("net", (2, 3)), ("store", (6, 7, 8, 9)), ("calc", (4, 5))]
 
 
 def test_system_baseline_keeps_the_recipes_baseline_dts(tmp_path: Path, synthetic_kernel: Path) -> None:

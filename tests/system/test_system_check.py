@@ -64,7 +64,7 @@ def test_check_boots_every_spawn_of_the_demo_system(demo_system: Path, demo_trus
     report = json.loads(done.stdout)
     assert report["ok"] and report["mode"] == "kexec"
     spawns = report["spawns"]
-    assert [s["instance"] for s in spawns] == ["demo-a", "demo-b", "tiny"]
+    assert [s["instance"] for s in spawns] == ["net", "store", "calc"]
     for s in spawns:
         assert s["ok"] and s["outcome"] == "passed" and s["nonce_seen"], s
         assert s["stage_reached"] == "spawn-userspace", s
