@@ -39,6 +39,7 @@ from mkimage.kernel.cache import (
     tool_identity,
 )
 from mkimage.kernel.contract import check_image
+from mkimage.kernel.farm import FARM_LOGS, plan_farm, report_build
 from mkimage.kernel.kconfig import (
     ConfigRequest,
     KernelConfigError,
@@ -51,6 +52,7 @@ from mkimage.kernel.patches import PatchSeries, patched_tree, read_series
 from mkimage.kernel.source import SourceIdentity, materialise_source, source_identity
 from mkimage.outputs import write_atomic
 from mkimage.recipe.model import KernelSpec
+from mkimage.recipe.userconfig import BuildSettings, redact
 from mkimage.run import run, run_streaming, which
 from mkimage.store import DIGESTS_KEY, ENTRY_NAME, entry_damage, mark_used, publish_entry, staging_dir
 
@@ -127,6 +129,7 @@ class _Plan:
     tools: dict[str, str]
     env: dict[str, str]
     make_vars: list[str]
+    ccache: bool
 
 
 def build_kernel(
@@ -136,10 +139,13 @@ def build_kernel(
     cache_root: Path,
     source_date_epoch: int,
     use_ccache: bool | None = None,
+    farm: BuildSettings | None = None,
 ) -> KernelBuild:
     """Build (or fetch from the cache) the kernel ``spec.source`` describes.
 
     ``use_ccache``: None uses ccache when it is installed; it never changes the key.
+    ``farm``: this machine's [build] settings (a remote cache, distcc hosts, make's job
+    count); they change how fast a miss compiles, never the key or the kernel's bytes.
     """
     if spec.source is None:
         raise InputError("[kernel] source is not set; nothing to build", code="missing-key")
@@ -159,7 +165,7 @@ def build_kernel(
         done = _load_entry(cache, plan.key, params, cache_hit=True)  # another process finished it meanwhile
         if done is not None:
             return done
-        _build(spec, params, cache, plan)
+        _build(spec, params, cache, plan, farm or BuildSettings())
     built = _load_entry(cache, plan.key, params, cache_hit=False)
     assert built is not None
     return built
@@ -220,7 +226,7 @@ def _plan(spec: KernelSpec, params: ArchParams, cache: KernelCache, epoch: int, 
                "CCACHE_DEPEND": "1"}
     make_vars = [f"ARCH={params.make_arch}"] + ([f"CROSS_COMPILE={cross}"] if cross else [])
     make_vars += [f"CC=ccache {cross}gcc"] if use_ccache else []
-    return _Plan(key, identity, series, request, inputs, tools, env, make_vars)
+    return _Plan(key, identity, series, request, inputs, tools, env, make_vars, use_ccache)
 
 
 def kbuild_env(epoch: int) -> dict[str, str]:
@@ -313,7 +319,7 @@ def _entry_is_intact(out: Path, entry: dict[str, Any], key: str, params: ArchPar
 
 # ---- a build (under the key's lock) --------------------------------------------------
 
-def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan) -> None:
+def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan, settings: BuildSettings) -> None:
     assert spec.source is not None
     started = time.monotonic()
     source = materialise_source(spec.source, plan.identity, cache_root=cache.root, mirrors=spec.mirrors)
@@ -328,20 +334,24 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
     modules = modules_enabled(final)
 
     log_path = build_dir / "build.log"
-    jobs = spec.jobs or os.cpu_count() or 1
+    # Only the compile is farmed out: configuring runs the compiler for tiny probes only.
+    farm = plan_farm(settings, build_dir, ccache=plan.ccache)
+    jobs = settings.jobs or farm.jobs or spec.jobs or os.cpu_count() or 1
+    compile_env = {**plan.env, **farm.env}
     compile_argv = [*make, f"-j{jobs}", params.image_target, *(["modules"] if modules else [])]
-    _announce(compile_argv, plan.env)
+    _announce(compile_argv, compile_env)
     expected = _expected_objects(cache, plan.inputs[0]) or _kbuild_estimate(tree, final, params.srcarch)
     try:
         with progress.task("kernel: compile", total=expected, unit="objects") as task:
             compiled = _Progress(task)
-            run_streaming(compile_argv, stage="kernel", timeout_s=COMPILE_TIMEOUT_S, env=plan.env,
+            run_streaming(compile_argv, stage="kernel", timeout_s=COMPILE_TIMEOUT_S, env=compile_env,
                           log_path=log_path, on_line=compiled.line)
     except ToolError as e:
         raise ToolError(
             f"kernel: build failed: {_first_error(log_path) or 'make ' + _describe(e)} (log: {log_path})",
             argv=e.argv, returncode=e.returncode, stderr_tail=e.stderr_tail, code="kernel-build-failed",
         ) from e
+    report_build(build_dir, farm)
 
     out = cache.out_dir(plan.key)
     staging = staging_dir(out)
@@ -354,6 +364,10 @@ def _build(spec: KernelSpec, params: ArchParams, cache: KernelCache, plan: _Plan
         tools["depmod"] = tool_identity(cache, "depmod", "--version")
     for name, rel in sources.items():
         os.replace(build_dir / rel, staging / _FILES[name])
+    # ccache's stats log and distcc's client log stay beside build.log: where each object came from.
+    for name in FARM_LOGS:
+        if (build_dir / name).is_file():
+            os.replace(build_dir / name, staging / name)
     entry = {
         "key": plan.key,
         "release": release,
@@ -522,7 +536,8 @@ def _announce(argv: Sequence[str], env: Mapping[str, str]) -> None:
     that matter, ready to paste into a shell."""
     goals = [a for a in argv[1:] if not a.startswith(("-", "/")) and "=" not in a]
     log.info("kernel: make %s", " ".join(goals))
-    shown = {k: v for k, v in env.items() if k.startswith(("KBUILD_", "CCACHE_", "SOURCE_DATE"))}
+    # Redacted: CCACHE_REMOTE_STORAGE may carry a password.
+    shown = {k: redact(v) for k, v in env.items() if k.startswith(("KBUILD_", "CCACHE_", "DISTCC_", "SOURCE_DATE"))}
     prefix = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(shown.items()))
     log.debug("kernel: $ %s %s", prefix, shlex.join(argv))
 

@@ -1,0 +1,173 @@
+"""The farm plumbing without a kernel: probes against real redis-server, distccd and an
+HTTP server, and the figures read from what real ccache and distcc write when they
+compile a few small C files."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mkimage.kernel.farm import (
+    DISTCC_LOG_NAME,
+    STATS_LOG_NAME,
+    ccache_counters,
+    plan_farm,
+    probe_host,
+    probe_remote,
+    read_distcc_log,
+    read_stats_log,
+)
+from mkimage.recipe.userconfig import BuildSettings, parse_distcc_host, parse_remote_cache
+from tests.kernel.farm_servers import Distccd, Redis, dead_port, distccd, need, redis_server
+
+SOURCES = {f"unit{i}.c": f"int f{i}(int x) {{ return x * {i + 3} + {i}; }}\n" for i in range(4)}
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dcc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distccd]:
+    with distccd(tmp_path_factory.mktemp("distccd")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def http_server(status: int) -> Iterator[int]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_redis_probe(redis: Redis, tmp_path: Path) -> None:
+    assert probe_remote(parse_remote_cache(redis.url)) is None
+    assert probe_remote(parse_remote_cache(f"redis://127.0.0.1:{dead_port()}")) == "Connection refused"
+    redis.command("CONFIG", "SET", "requirepass", "s3cret")
+    try:
+        assert probe_remote(parse_remote_cache(f"redis://:s3cret@127.0.0.1:{redis.port}")) is None
+        assert probe_remote(parse_remote_cache(f"redis://s3cret@127.0.0.1:{redis.port}")) is None
+        assert probe_remote(parse_remote_cache(f"redis://:wrong@127.0.0.1:{redis.port}")) == "refused the credentials"
+        assert probe_remote(parse_remote_cache(redis.url)) == "needs a password (redis://:PASSWORD@HOST)"
+    finally:
+        redis.command("CONFIG", "SET", "requirepass", "", password="s3cret")
+    assert probe_remote(parse_remote_cache(redis.url)) is None
+
+
+def test_http_probe() -> None:
+    with http_server(404) as port:  # a cache without the key: the server is there
+        assert probe_remote(parse_remote_cache(f"http://127.0.0.1:{port}/cache")) is None
+    with http_server(401) as port:
+        assert probe_remote(parse_remote_cache(f"http://u:pw@127.0.0.1:{port}/")) == \
+            "refused the credentials (HTTP 401)"
+    assert probe_remote(parse_remote_cache(f"http://127.0.0.1:{dead_port()}/")) == "Connection refused"
+
+
+def test_distcc_host_probe(dcc: Distccd) -> None:
+    assert probe_host(parse_distcc_host(dcc.host)) is None
+    assert probe_host(parse_distcc_host(f"127.0.0.1:{dead_port()}/2")) == "Connection refused"
+    assert probe_host(parse_distcc_host("localhost/2")) is None  # runs here: nothing to probe
+
+
+def test_plan_warns_once_per_unreachable_service(redis: Redis, dcc: Distccd, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mkspawn")
+    dead = f"redis://:pw@127.0.0.1:{dead_port()}"
+    down = f"127.0.0.1:{dead_port()}/3"
+    plan = plan_farm(BuildSettings(remote_cache=dead, remote_only=True, distcc_hosts=[down, dcc.host,
+                                                                                       "localhost/1"]),
+                     tmp_path, ccache=True)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"kernel: remote cache redis://***@127.0.0.1:{dead.rsplit(':', 1)[1]} is unreachable "
+                      "(Connection refused); building with the local cache only",
+                      f"kernel: distcc host unreachable: {down} (Connection refused); distcc compiles those jobs "
+                      "locally"]
+    assert "CCACHE_REMOTE_STORAGE" not in plan.env and "CCACHE_REMOTE_ONLY" not in plan.env
+    assert plan.env["DISTCC_HOSTS"] == f"{down} {dcc.host} localhost/1" and plan.distcc
+    assert plan.jobs == 3  # the live hosts' slots: 2 on distccd, 1 here
+    assert Path(plan.env["DISTCC_DIR"]).is_dir()  # without it distcc runs every job locally
+    assert plan.env["CCACHE_STATSLOG"] == str(tmp_path / STATS_LOG_NAME)
+
+    caplog.clear()
+    plan = plan_farm(BuildSettings(remote_cache=redis.url + "|read-only", remote_only=True), tmp_path, ccache=True)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert plan.env["CCACHE_REMOTE_STORAGE"] == redis.url + "|read-only" and plan.env["CCACHE_REMOTE_ONLY"] == "1"
+    assert plan.jobs is None and not plan.distcc
+
+    plan = plan_farm(BuildSettings(distcc_hosts=[down]), tmp_path, ccache=True)
+    assert plan.jobs is None  # every host down: a local build's job count
+    plan = plan_farm(BuildSettings(remote_cache=redis.url), tmp_path, ccache=False)
+    assert plan.env == {} and "ccache is not installed" in caplog.records[-1].getMessage()
+
+
+def compile_all(work: Path, env: dict[str, str]) -> None:
+    for name, text in SOURCES.items():
+        (work / name).write_text(text)
+        subprocess.run(["ccache", "gcc", "-O2", "-c", name, "-o", name[:-2] + ".o"], cwd=work, check=True,
+                       env={"PATH": os.environ["PATH"], "HOME": str(work), **env})
+
+
+def test_figures_from_real_ccache_and_redis(redis: Redis, tmp_path: Path) -> None:
+    need("ccache")
+    redis.command("FLUSHALL")
+    base = {"CCACHE_REMOTE_STORAGE": redis.url, "CCACHE_BASEDIR": str(tmp_path)}
+    runs = {}
+    for name in ("cold", "remote", "local", "corrupt"):
+        work = tmp_path / name
+        work.mkdir()
+        ccache_dir = tmp_path / ("local-cache" if name in ("remote", "local") else f"{name}-cache")
+        if name == "corrupt":
+            for key in list(redis.keys()):
+                value = bytearray(redis.command("GET", key))  # type: ignore[arg-type]
+                value[len(value) // 2] ^= 0xFF
+                redis.command("SET", key, bytes(value))
+        compile_all(work, {**base, "CCACHE_DIR": str(ccache_dir), "CCACHE_STATSLOG": str(work / STATS_LOG_NAME)})
+        runs[name] = read_stats_log(work / STATS_LOG_NAME)
+    n = len(SOURCES)
+    assert (runs["cold"].misses, runs["cold"].compiles) == (n, n)
+    assert (runs["remote"].remote_hits, runs["remote"].local_hits) == (n, 0)
+    assert (runs["local"].local_hits, runs["local"].remote_hits) == (n, 0)
+    assert (runs["corrupt"].misses, runs["corrupt"].rejected, runs["corrupt"].remote_hits) == (n, n, 0)
+    assert "remote entries refused as corrupt" in runs["corrupt"].describe()
+    counters = ccache_counters(tmp_path / "local-cache")
+    assert counters["remote_storage_hit"] == n and counters["local_storage_hit"] == n
+
+
+def test_figures_from_real_distcc(dcc: Distccd, tmp_path: Path) -> None:
+    need("ccache", "distcc")
+    before = dcc.compiled()
+    (tmp_path / "state").mkdir()
+    env = {"CCACHE_DIR": str(tmp_path / "cache"), "CCACHE_PREFIX": "distcc", "DISTCC_DIR": str(tmp_path / "state"),
+           "DISTCC_LOG": str(tmp_path / DISTCC_LOG_NAME)}
+    compile_all(tmp_path, {**env, "DISTCC_HOSTS": dcc.host})
+    figures = read_distcc_log(tmp_path / DISTCC_LOG_NAME)
+    assert figures.remote == len(SOURCES) == dcc.compiled() - before
+    assert figures.by_host == {dcc.host: len(SOURCES)} and figures.fallbacks == 0
+
+    (tmp_path / DISTCC_LOG_NAME).unlink()
+    compile_all(tmp_path, {**env, "CCACHE_DIR": str(tmp_path / "cache2"), "DISTCC_HOSTS": f"127.0.0.1:{dead_port()}"})
+    figures = read_distcc_log(tmp_path / DISTCC_LOG_NAME)
+    assert figures.remote == 0 and figures.local == len(SOURCES) and figures.fallbacks >= 1
