@@ -19,6 +19,9 @@ from pathlib import Path
 from mkimage.cachecare import tree_usage
 from mkimage.context import default_cache_root
 from mkimage.errors import MkspawnError, ToolError
+from mkimage.kernel.cache import KernelCache
+from mkimage.kernel.farm import REMOTE_COUNTERS, ccache_counters, probe_hosts, probe_remote
+from mkimage.recipe.userconfig import default_config_path, load_user_config
 from mkimage.run import TOOL_PACKAGES, run, which
 
 PROBE_TIMEOUT_S = 10.0
@@ -40,6 +43,7 @@ TOOLS = (
     Tool("gcc", "compiles spawn kernels"),
     Tool("make", "drives kernel builds"),
     Tool("ccache", "speeds up kernel rebuilds"),
+    Tool("distcc", "compiles kernels on [build] distcc_hosts", optional=True),
     Tool("qemu-system-x86_64", "boots x86_64 bundles in `mkspawn check`"),
     Tool("qemu-system-aarch64", "boots arm64 bundles in `mkspawn check`"),
     Tool("dtc", "compiles devicetree overlays"),
@@ -51,7 +55,8 @@ TOOLS = (
     Tool("docker-registry", "a local OCI registry for push/pull tests", optional=True),
 )
 # Packages of the tools mkimage/run.py does not call itself.
-EXTRA_PACKAGES = {"apt-get": "apt", "apt-cache": "apt", "dpkg-deb": "dpkg", "docker-registry": "docker-registry"}
+EXTRA_PACKAGES = {"apt-get": "apt", "apt-cache": "apt", "dpkg-deb": "dpkg", "docker-registry": "docker-registry",
+                  "distcc": "distcc"}
 
 _VERSION_WORD = re.compile(r"\bversion:?\s+v?(\d[\w.+~:-]*)", re.IGNORECASE)
 _VERSION_NUMBER = re.compile(r"\bv?(\d+\.\d+[\w.+~:-]*)")
@@ -118,20 +123,42 @@ class TrustReport:
 
 
 @dataclass(frozen=True, slots=True)
+class FarmReport:
+    """The [build] settings of config.toml: the remote cache and distcc hosts, whether they
+    answer now, and what the local ccache has got from the remote cache so far."""
+
+    config: str  # the file read (or looked for)
+    exists: bool
+    problem: str | None = None  # the file's first mistake, as a build would refuse it
+    remote_cache: str | None = None  # redacted
+    remote_problem: str | None = None  # None: it answered
+    hosts: tuple[tuple[str, str | None], ...] = ()  # (host spec, None or why it did not answer)
+    ccache_remote: dict[str, int] = field(default_factory=dict)  # cumulative remote_storage_* counters
+
+    def to_json(self) -> dict[str, object]:
+        return {"config": self.config, "exists": self.exists, "problem": self.problem,
+                "remote_cache": None if self.remote_cache is None else
+                {"url": self.remote_cache, "reachable": self.remote_problem is None, "problem": self.remote_problem},
+                "distcc_hosts": [{"host": h, "reachable": p is None, "problem": p} for h, p in self.hosts],
+                "ccache_remote": self.ccache_remote}
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnosis:
     tools: tuple[ToolReport, ...]
     kvm: KvmReport
     cache: CacheReport
     trust: TrustReport
+    farm: FarmReport
     missing_packages: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
-        return all(t.usable for t in self.tools) and self.trust.problem is None
+        return all(t.usable for t in self.tools) and self.trust.problem is None and self.farm.problem is None
 
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "tools": [t.to_json() for t in self.tools], "kvm": self.kvm.to_json(),
-                "cache": self.cache.to_json(), "trust": self.trust.to_json(),
+                "cache": self.cache.to_json(), "trust": self.trust.to_json(), "farm": self.farm.to_json(),
                 "missing_packages": list(self.missing_packages)}
 
 
@@ -208,7 +235,28 @@ def trust_report(directory: Path) -> TrustReport:
                        tuple(f"{kid}  {key.source.name}" for kid, key in sorted(store.keys.items())))
 
 
-def diagnose(env: Mapping[str, str] | None = None, *, trust_dir: Path | None = None) -> Diagnosis:
+def farm_report(env: Mapping[str, str], cache_root: Path, config_file: Path | None = None) -> FarmReport:
+    """A bad config file is reported, not raised: doctor is where one looks for what is wrong."""
+    try:
+        loaded = load_user_config(config_file, env=env)
+    except MkspawnError as e:
+        named = config_file or Path(env.get("MKSPAWN_CONFIG") or default_config_path(env))
+        return FarmReport(str(named), named.is_file(), problem=e.render())
+    settings = loaded.settings
+    remote = settings.remote()
+    hosts = settings.hosts()
+    counters = ccache_counters(KernelCache(cache_root).ccache_dir) if settings.farm else {}
+    return FarmReport(
+        str(loaded.path or default_config_path(env)), loaded.path is not None,
+        remote_cache=None if remote is None else remote.shown,
+        remote_problem=None if remote is None else probe_remote(remote),
+        hosts=tuple((h.spec, p) for h, p in zip(hosts, probe_hosts(hosts), strict=True) if h.kind != "option"),
+        ccache_remote={k: v for k, v in counters.items() if k in REMOTE_COUNTERS},
+    )
+
+
+def diagnose(env: Mapping[str, str] | None = None, *, trust_dir: Path | None = None,
+             config_file: Path | None = None) -> Diagnosis:
     from mkimage.signing.trust import default_trust_dir
 
     env = os.environ if env is None else env
@@ -222,5 +270,6 @@ def diagnose(env: Mapping[str, str] | None = None, *, trust_dir: Path | None = N
         kvm=kvm_report(),
         cache=cache_report(default_cache_root(env)),
         trust=trust_report(trust_dir or default_trust_dir(env)),
+        farm=farm_report(env, default_cache_root(env), config_file),
         missing_packages=tuple(missing),
     )

@@ -39,7 +39,7 @@ def bin_without(tmp_path: Path, *absent: str) -> Path:
 def test_json_schema_and_real_versions(tmp_path: Path) -> None:
     code, report, err = doctor(tmp_path)
     assert code == 0, err
-    assert set(report) == {"ok", "tools", "kvm", "cache", "trust", "missing_packages"}
+    assert set(report) == {"ok", "tools", "kvm", "cache", "trust", "farm", "missing_packages"}
     tools = {t["name"]: t for t in report["tools"]}
     for tool in TOOLS:
         if tool.optional and shutil.which(tool.name) is None:

@@ -162,7 +162,7 @@ def plan_farm(settings: BuildSettings, build_dir: Path, *, ccache: bool) -> Farm
     if remote is not None:
         problem = probe_remote(remote)
         if problem is None:
-            env["CCACHE_REMOTE_STORAGE"] = remote.url
+            env["CCACHE_REMOTE_STORAGE"] = remote.ccache_url
             if settings.remote_only:
                 env["CCACHE_REMOTE_ONLY"] = "1"
             shown = remote.shown

@@ -76,6 +76,15 @@ class RemoteCache:
         return redact(self.url)
 
     @property
+    def ccache_url(self) -> str:
+        """The URL as ccache 4.7 reads it: it ignores the password of the common
+        ``redis://:PASSWORD@HOST`` spelling (measured: NOAUTH), so that one is handed
+        over as ``redis://PASSWORD@HOST``."""
+        if self.scheme == "redis" and self.username is None and self.password is not None:
+            return re.sub(r"^(redis://):", r"\1", self.url, flags=re.IGNORECASE)
+        return self.url
+
+    @property
     def read_only(self) -> bool:
         return self.attributes.get("read-only", "false") in ("", "true")
 
@@ -102,6 +111,8 @@ def parse_remote_cache(text: str) -> RemoteCache:
     username, password = parts.username, parts.password
     if scheme == "redis" and username is not None and password is None:
         username, password = None, username  # redis://PASSWORD@HOST: a password alone
+    if username == "":
+        username = None  # redis://:PASSWORD@HOST
     if scheme == "redis+unix":
         socket_path = parts.path
         if not socket_path.startswith("/"):

@@ -171,3 +171,19 @@ def test_figures_from_real_distcc(dcc: Distccd, tmp_path: Path) -> None:
     compile_all(tmp_path, {**env, "CCACHE_DIR": str(tmp_path / "cache2"), "DISTCC_HOSTS": f"127.0.0.1:{dead_port()}"})
     figures = read_distcc_log(tmp_path / DISTCC_LOG_NAME)
     assert figures.remote == 0 and figures.local == len(SOURCES) and figures.fallbacks >= 1
+
+
+def test_a_redis_password_written_with_a_colon_reaches_ccache(redis: Redis, tmp_path: Path) -> None:
+    """ccache 4.7 ignores the password of redis://:PASSWORD@HOST (every command then fails
+    NOAUTH and nothing is stored); the plan hands it over in the form ccache reads."""
+    need("ccache")
+    redis.command("FLUSHALL")
+    redis.command("CONFIG", "SET", "requirepass", "pw")
+    try:
+        plan = plan_farm(BuildSettings(remote_cache=f"redis://:pw@127.0.0.1:{redis.port}/0"), tmp_path, ccache=True)
+        assert plan.env["CCACHE_REMOTE_STORAGE"] == f"redis://pw@127.0.0.1:{redis.port}/0"
+        compile_all(tmp_path, {**plan.env, "CCACHE_DIR": str(tmp_path / "cache")})
+        stored = redis.command("DBSIZE", password="pw")
+    finally:
+        redis.command("CONFIG", "SET", "requirepass", "", password="pw")
+    assert stored == 2 * len(SOURCES)  # a manifest and a result per object

@@ -101,6 +101,8 @@ def test_remote_cache_urls_as_ccache_reads_them() -> None:
     assert (r.host, r.port, r.username, r.password, r.read_only) == ("cache.example", 6379, None, "s3cret", True)
     r = parse_remote_cache("redis://user:pw@10.0.0.1:7000")
     assert (r.host, r.port, r.username, r.password, r.read_only) == ("10.0.0.1", 7000, "user", "pw", False)
+    r = parse_remote_cache("redis://:pw@cache:7000/1|read-only")
+    assert (r.username, r.password, r.ccache_url) == (None, "pw", "redis://pw@cache:7000/1|read-only")
     r = parse_remote_cache("redis+unix:/run/redis.sock")
     assert r.socket_path == "/run/redis.sock" and r.host is None
     r = parse_remote_cache("http://cache.example:8080/ccache|layout=bazel|keep-alive")
