@@ -48,6 +48,7 @@ from mkimage.kernel.contract import check_image
 from mkimage.kernel.release import kernel_release
 from mkimage.outputs import atomic_output, write_atomic
 from mkimage.recipe.model import AbiProfile, Arch, Recipe
+from mkimage.recipe.userconfig import BuildSettings
 from mkimage.signing.authenticode import sign_image
 from mkimage.signing.keys import PrivateKey, key_id, verify_bytes
 
@@ -107,14 +108,15 @@ class _KernelFiles:
     config: Path | None
 
 
-def _compiled_kernel(recipe: Recipe, plan: _Plan, cache_root: Path, built: KernelBuild | None) -> _KernelFiles:
+def _compiled_kernel(recipe: Recipe, plan: _Plan, cache_root: Path, built: KernelBuild | None,
+                     farm: BuildSettings | None = None) -> _KernelFiles:
     """``built``: this recipe's kernel as the caller just loaded it from the cache (a system
     build checks each distinct kernel once, not once per spawn)."""
     epoch = recipe.metadata.source_date_epoch
     assert epoch is not None
     if built is None:
         built = build_kernel(recipe.kernel, arch=recipe.metadata.arch.value, cache_root=cache_root,
-                             source_date_epoch=epoch)
+                             source_date_epoch=epoch, farm=farm)
     # Base names: the digests identify the content, and absolute paths would differ per checkout.
     plan.inputs.extend(Input(InputKind(kind), Path(name).name, digest) for kind, name, digest in built.inputs)
     plan.tools.update(built.tools)
@@ -139,9 +141,9 @@ def _prebuilt_kernel(recipe: Recipe, plan: _Plan) -> _KernelFiles:
 
 
 def _stage_kernel(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path,
-                  built: KernelBuild | None = None) -> Path:
+                  built: KernelBuild | None = None, farm: BuildSettings | None = None) -> Path:
     if recipe.kernel.source is not None:
-        files = _compiled_kernel(recipe, plan, cache_root, built)
+        files = _compiled_kernel(recipe, plan, cache_root, built, farm)
     else:
         files = _prebuilt_kernel(recipe, plan)
     _check_contract(recipe, files, plan, cache_root)
@@ -301,10 +303,11 @@ def _tools() -> dict[str, str]:
 
 def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path,
                   params: RecipeParameters | None = None, *,
-                  kernel_build: KernelBuild | None = None) -> tuple[Manifest, list[Artifact]]:
+                  kernel_build: KernelBuild | None = None,
+                  farm: BuildSettings | None = None) -> tuple[Manifest, list[Artifact]]:
     plan = _Plan(tools=_tools())
     plan.inputs.append(recipe_input(params or recipe_parameters(recipe, ())))
-    kernel = _stage_kernel(recipe, plan, work_dir, cache_root, kernel_build)
+    kernel = _stage_kernel(recipe, plan, work_dir, cache_root, kernel_build, farm)
     _stage_hardware(recipe, plan, work_dir)
     _stage_initrd(recipe, plan, work_dir, cache_root)
     _stage_cmdline(recipe, plan, work_dir)
@@ -343,7 +346,7 @@ def plan_manifest(recipe: Recipe, work_dir: Path, cache_root: Path,
 def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), *,
                  cache_root: Path | None = None, overrides: Sequence[str] = (),
                  params: RecipeParameters | None = None, kernel_build: KernelBuild | None = None,
-                 reuse: Path | None = None) -> BuildResult:
+                 reuse: Path | None = None, farm: BuildSettings | None = None) -> BuildResult:
     """``overrides`` are the --set options the recipe was loaded with, for the provenance
     (``params``, when given, is what the provenance records instead: `reproduce`).
 
@@ -354,7 +357,7 @@ def build_bundle(recipe: Recipe, out: Path, signers: Sequence[PrivateKey] = (), 
     params = params or recipe_parameters(recipe, overrides)
     with tempfile.TemporaryDirectory(prefix="mkspawn-build-") as tmp:
         manifest, files = plan_manifest(recipe, Path(tmp), cache_root or default_cache_root(), params,
-                                        kernel_build=kernel_build)
+                                        kernel_build=kernel_build, farm=farm)
         manifest_bytes = manifest.to_bytes()
         if reuse is not None and _link_reusable(reuse, out, manifest, manifest_bytes, params, signers):
             log.info("kept %s: its manifest, signatures and provenance are what this build makes", out)

@@ -24,6 +24,7 @@ from mkimage.commands.options import (
 from mkimage.errors import UsageError
 
 if TYPE_CHECKING:
+    from mkimage.recipe.userconfig import BuildSettings
     from mkimage.signing.keys import PrivateKey
 
 # The build side (pipeline, every stage, the system builder) and signing are imported
@@ -38,6 +39,30 @@ def _key_options(f: F) -> F:
     f = click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
                      help="File whose first line is the key passphrase.")(f)
     return f
+
+
+def _farm_options(f: F) -> F:
+    """This machine's [build] settings (docs/build-farms.md): the config file, then these."""
+    f = click.option("--make-jobs", type=click.IntRange(1, 1024), default=None, metavar="N",
+                     help="make's job count for kernel compiles; overrides [build] jobs.")(f)
+    f = click.option("--distcc-hosts", default=None, metavar="SPECS",
+                     help='Compile on these distcc hosts ("localhost/2 HOST:PORT/8,lzo"; "" for none); '
+                          "overrides [build] distcc_hosts.")(f)
+    f = click.option("--remote-cache", default=None, metavar="URL",
+                     help='ccache remote storage (redis://HOST:PORT, http://HOST/PATH, "|read-only"; "" for none); '
+                          "overrides [build] remote_cache.")(f)
+    f = click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                     help="Build configuration file [default: $MKSPAWN_CONFIG, else "
+                          "~/.config/mkspawn/config.toml when present].")(f)
+    return f
+
+
+def _farm(config_file: Path | None, remote_cache: str | None, distcc_hosts: str | None,
+          make_jobs: int | None) -> BuildSettings:
+    from mkimage.recipe.userconfig import load_user_config, with_overrides
+
+    loaded = load_user_config(config_file, env=os.environ)
+    return with_overrides(loaded.settings, remote_cache=remote_cache, distcc_hosts=distcc_hosts, jobs=make_jobs)
 
 
 def _load_keys(keys: tuple[Path, ...], passphrase_file: Path | None, passphrase_env: str | None) -> list[PrivateKey]:
@@ -58,9 +83,11 @@ def _load_keys(keys: tuple[Path, ...], passphrase_file: Path | None, passphrase_
 @click.option("--strict", is_flag=True, help="System files: SMT siblings split across instances is an error.")
 @click.option("--jobs", type=click.IntRange(1, 256), default=None,
               help="System files: spawns packed at once [default: the number of CPUs].")
+@_farm_options
 @json_option
 def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path | None,
           passphrase_env: str | None, overrides: tuple[str, ...], strict: bool, jobs: int | None,
+          config_file: Path | None, remote_cache: str | None, distcc_hosts: str | None, make_jobs: int | None,
           as_json: bool) -> None:
     """Build the recipe's bundle (and sign it when a key is given).
 
@@ -68,6 +95,7 @@ def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path
     one bundle each, the pool baseline and a signed system manifest (docs/systems.md)."""
     from mkimage.recipe.system import is_system_file
 
+    farm = _farm(config_file, remote_cache, distcc_hosts, make_jobs)
     if is_system_file(recipe):
         # Only here: the system builder imports the boot check, which a recipe build never needs.
         from mkimage.commands import system as system_command
@@ -86,7 +114,7 @@ def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path
         passphrase_file = passphrase_file or model.bundle.passphrase_file
         passphrase_env = passphrase_env or model.bundle.passphrase_env
     signers = _load_keys(keys, passphrase_file, passphrase_env)
-    result = build_bundle(model, out, signers, overrides=overrides)
+    result = build_bundle(model, out, signers, overrides=overrides, farm=farm)
     if as_json:
         echo_json(summary(result))
         return

@@ -272,7 +272,8 @@ class DistccFigures:
                 f"{self.local} locally ({self.fallbacks} fallbacks from unreachable or failing hosts)")
 
 
-_DISTCC_DONE = re.compile(r"\bcompile \S+ on (\S+) completed ok$")
+# "(null)": kbuild's compiler-option probes (``-c -x c /dev/null``), not objects.
+_DISTCC_DONE = re.compile(r"\bcompile (?!\(null\) )\S+ on (\S+) completed ok$")
 _DISTCC_FALLBACK = re.compile(r"\bfailed to distribute\b.*\brunning locally instead$")
 
 
