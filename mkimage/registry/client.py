@@ -15,6 +15,7 @@ or password is ever logged or put in a message.
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ from mkimage.errors import InputError, RegistryError, UsageError, VerifyError
 from mkimage.registry.artifact import INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor
 from mkimage.registry.auth import Challenge, Credentials, auth_files, find_credentials, parse_challenge
 from mkimage.registry.reference import RegistryRef, is_loopback
+from mkimage.registry.streams import BufferPool
 
 log = logging.getLogger("mkspawn")
 
@@ -383,6 +385,15 @@ class RegistryClient:
     def iter_blob(self, desc: Descriptor) -> Iterator[bytes]:
         """The blob's bytes as served (the caller checks size and digest); a dropped
         connection resumes with ``Range`` up to ``retries`` times."""
+        pool = BufferPool(1, DOWNLOAD_CHUNK)
+        for view in self.receive_blob(desc, pool):
+            data = bytes(view)
+            pool.give(view.obj)  # type: ignore[arg-type]  # a view of the pool's bytearray
+            yield data
+
+    def receive_blob(self, desc: Descriptor, pool: BufferPool) -> Iterator[memoryview]:
+        """``iter_blob`` without copies: each chunk is a view of a buffer taken from ``pool``,
+        filled straight from the socket; the consumer gives it back when done with it."""
         received = 0
         failures = 0
         while True:
@@ -395,17 +406,30 @@ class RegistryClient:
                                       code="blob-unknown")
                 self._check(response, f"download of {desc}", 200, 206)
                 skip = received if response.status_code == 200 else 0  # Range ignored: start over, drop the head
+                body = _body(response)
                 try:
-                    for chunk in response.iter_content(DOWNLOAD_CHUNK):
-                        if skip:
-                            dropped = min(skip, len(chunk))
-                            skip -= dropped
-                            chunk = chunk[dropped:]
-                        if chunk:
-                            received += len(chunk)
-                            yield chunk
-                    return
-                except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+                    while True:
+                        buffer = pool.take()
+                        try:
+                            n = _fill(body, buffer)
+                        except BaseException:
+                            pool.give(buffer)
+                            raise
+                        if n == 0:
+                            pool.give(buffer)
+                            left = getattr(body, "length", None)
+                            if left:  # http.client returns 0, not IncompleteRead, when the peer hangs up early
+                                raise http.client.IncompleteRead(b"", left)
+                            _keep_alive(response, body)
+                            return
+                        start = min(skip, n)
+                        skip -= start
+                        if start == n:
+                            pool.give(buffer)
+                            continue
+                        received += n - start
+                        yield memoryview(buffer)[start:n]
+                except _DROPPED as e:
                     failures += 1
                     if failures > self.options.retries:
                         raise RegistryError(f"{self.ref.host}: connection lost {failures} times fetching {desc} "
@@ -419,6 +443,44 @@ class RegistryClient:
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
             raise RegistryError(f"{self.ref.host}: {what}: connection lost: {_reason(e)}",
                                 code="transfer-interrupted") from None
+
+
+# A body cut short (IncompleteRead), reset, or silent past the read timeout.
+_DROPPED = (OSError, http.client.HTTPException, requests.exceptions.ConnectionError,
+            requests.exceptions.ChunkedEncodingError)
+
+
+class _Readable(Protocol):
+    def readinto(self, buffer: memoryview) -> int: ...
+
+
+def _body(response: requests.Response) -> _Readable:
+    """The response body to ``readinto``: http.client's response under urllib3's, which
+    receives straight into the buffer (urllib3's own ``readinto`` reads into a new bytes
+    object and copies it).  Nothing is decoded either way: identity was asked for, and a
+    body in another encoding fails the digest check."""
+    original = getattr(response.raw, "_original_response", None)
+    return original if isinstance(original, http.client.HTTPResponse) else response.raw
+
+
+def _keep_alive(response: requests.Response, body: _Readable) -> None:
+    """A body read to its end under urllib3's nose: hand the connection back to the pool
+    (as reading it through urllib3 would) instead of letting ``close`` drop it, so the
+    next blob needs no new connection (or TLS handshake)."""
+    if isinstance(body, http.client.HTTPResponse) and body.isclosed():
+        response.raw.release_conn()
+
+
+def _fill(body: _Readable, buffer: bytearray) -> int:
+    """Fill ``buffer`` from ``body``; fewer bytes only at the end of the body."""
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        n = body.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
 
 
 def _with_query(url: str, **params: str) -> str:

@@ -25,6 +25,7 @@ from mkimage.registry.artifact import (
 )
 from mkimage.registry.client import BlobSource
 from mkimage.registry.reference import DEFAULT_TAG, LayoutRef
+from mkimage.registry.streams import BufferPool
 
 LAYOUT_FILE = "oci-layout"
 LAYOUT_VERSION = "1.0.0"
@@ -95,11 +96,28 @@ class LayoutStore:
         return b"".join(self._read(path, desc))
 
     def iter_blob(self, desc: Descriptor) -> Iterator[bytes]:
+        return self._read(self._existing_blob(desc), desc)
+
+    def _existing_blob(self, desc: Descriptor) -> Path:
         path = self._blob_path(desc.digest)
         if not path.is_file():
             raise VerifyError(f"{self.ref}: blob {desc} is in the manifest but not in {self.directory}",
                               code="blob-unknown")
-        return self._read(path, desc)
+        return path
+
+    def receive_blob(self, desc: Descriptor, pool: BufferPool) -> Iterator[memoryview]:
+        """``iter_blob`` into buffers of ``pool`` (the consumer gives each back)."""
+        path = self._existing_blob(desc)
+        left = desc.size + 1  # one byte past the size, as in _read
+        with path.open("rb", buffering=0) as f:
+            while left:
+                buffer = pool.take()
+                n = f.readinto(memoryview(buffer)[:left])
+                if not n:
+                    pool.give(buffer)
+                    return
+                left -= n
+                yield memoryview(buffer)[:n]
 
     def _read(self, path: Path, desc: Descriptor) -> Iterator[bytes]:
         # Read one byte past the size, so an oversized file is seen without reading it all.

@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import os
+import typing
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from mkimage.bundle.container import (
     BundleContents,
     BundleHead,
     ComponentMismatch,
+    ComponentSource,
     HeadCheck,
     read_layout,
     write_bundle,
@@ -56,6 +58,7 @@ from mkimage.registry.artifact import (
 from mkimage.registry.client import BlobSource, ClientOptions, RegistryClient
 from mkimage.registry.layout import LayoutStore
 from mkimage.registry.reference import DEFAULT_TAG, LayoutRef, Ref
+from mkimage.registry.streams import BUFFER_SIZE, BufferPool, SequentialWriter, WriteBehind, received_ahead
 from mkimage.signing.trust import TrustStore
 
 log = logging.getLogger("mkspawn")
@@ -85,6 +88,8 @@ class Store(Protocol):
     def put_index(self, data: bytes, tag: str) -> None: ...
 
     def iter_blob(self, desc: Descriptor) -> Iterator[bytes]: ...
+
+    def receive_blob(self, desc: Descriptor, pool: BufferPool) -> Iterator[memoryview]: ...
 
 
 @contextlib.contextmanager
@@ -288,7 +293,10 @@ def _file_source(f: BinaryIO, base: int, start: int, length: int) -> FileRange:
     return FileRange(f, base + start, length)
 
 
-def capped_blob(chunks: Iterator[bytes], desc: Descriptor, where: str, verb: str = "pull") -> Generator[bytes]:
+Chunk = typing.TypeVar("Chunk", bytes, memoryview)
+
+
+def capped_blob(chunks: Iterator[Chunk], desc: Descriptor, where: str, verb: str = "pull") -> Generator[Chunk]:
     """The blob's chunks, refused as soon as they exceed the descriptor's size, and at the
     end unless they are exactly its size.  The digest is for the consumer to check."""
     received = 0
@@ -383,13 +391,29 @@ def _pulled(store: Store, artifact: Artifact, where: str, tmp: Path, state_file:
     if state_file is not None:
         refuse_rollback(tmp, plan.manifest, state_file)
     layers = {component.path: layer for component, layer in plan.component_layers}
-    components = [(path, functools.partial(_component_chunks, store, layer, where)) for path, layer in layers.items()]
-    with tmp.open("w+b") as f:
+    # Not "w+b": reopening with O_TRUNC makes ext4 start the whole file's write-back in
+    # close() (auto_da_alloc), on the main thread, after the download.
+    with tmp.open("r+b") as f:
+        pool = BufferPool()
+        flusher = WriteBehind(f.fileno())
+        writer = SequentialWriter(f.fileno(), pool, flusher)
+        # write_bundle only measures, hashes and writes each chunk, which a memoryview
+        # serves as well as bytes (its ComponentSource type says bytes).
+        components = [(path, typing.cast(ComponentSource, functools.partial(_component_chunks, store, layer, where,
+                                                                            pool)))
+                      for path, layer in layers.items()]
         try:
-            write_bundle(f, plan.manifest_bytes, signatures, components, plan.manifest.provenance.source_date_epoch,
-                         provenance)
+            # The writer stands in for the file: write_bundle only ever calls write().
+            write_bundle(typing.cast(BinaryIO, writer), plan.manifest_bytes, signatures, components,
+                         plan.manifest.provenance.source_date_epoch, provenance)
         except ComponentMismatch as e:
             raise _mismatch(where, layers[e.path], e.observed) from None
+        finally:
+            try:
+                writer.close()
+                flusher.close()
+            except OSError as e:
+                raise MkspawnError(f"writing {where}: {e.strerror or e}", code="write-failed") from None
         f.seek(0)
         try:
             contents = read_layout(f)
@@ -398,9 +422,13 @@ def _pulled(store: Store, artifact: Artifact, where: str, tmp: Path, state_file:
         yield f, contents
 
 
-def _component_chunks(store: Store, layer: Descriptor, where: str) -> Iterator[bytes]:
+def _component_chunks(store: Store, layer: Descriptor, where: str, pool: BufferPool) -> Iterator[memoryview]:
+    """The layer received on a second thread into ``pool``'s buffers, which the bundle
+    writer hashes here and hands to the ``SequentialWriter`` (which gives them back)."""
     log.info("pull: %s: fetching", layer)
-    return capped_blob(store.iter_blob(layer), layer, where)
+    if layer.size <= BUFFER_SIZE:  # one buffer: nothing to overlap, no thread worth starting
+        return capped_blob(store.receive_blob(layer, pool), layer, where)
+    return capped_blob(received_ahead(functools.partial(store.receive_blob, layer), pool), layer, where)
 
 
 def _renamed(report: BundleReport, path: Path) -> BundleReport:
