@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mkimage.commands.options import echo_json
 from mkimage.errors import BootCheckError, UsageError
-from mkimage.loader.errnos import LoaderError, UnsupportedHost
-from mkimage.qemu.check import CheckOptions, HostKernel
 from mkimage.recipe.system import load_system as load_system_file
 from mkimage.signing.keys import PrivateKey
 from mkimage.signing.trust import TrustStore
@@ -27,6 +26,9 @@ from mkimage.system import (
     summary,
     verify_system,
 )
+
+if TYPE_CHECKING:  # check and load import the QEMU and loader side when they run; a build needs none
+    from mkimage.qemu.check import CheckOptions, HostKernel
 
 
 def build(system_file: Path, out: Path, keys: tuple[Path, ...],
@@ -67,12 +69,19 @@ def inspect(target: Path, trust: TrustStore, as_json: bool) -> None:
 
 
 def load(target: Path, trust: TrustStore, state_file: Path | None) -> None:
-    """Verify, then apply the baseline and start every instance in order on this host."""
+    """Verify, then apply the system's tree and start every instance in order on this host."""
+    from mkimage.loader.errnos import LoaderError, UnsupportedHost
+    from mkimage.loader.system import SpawnRefused
+
+    def report(instance: str, stage: str, detail: str) -> None:
+        click.echo(f"{stage}: {instance} {detail}" if instance else f"{stage}: {detail}")
+
     try:
-        started = load_system(target, trust, lambda stage, detail: click.echo(f"{stage}: {detail}"),
-                              state_file=state_file)
+        started = load_system(target, trust, report, state_file=state_file)
     except UnsupportedHost as e:
         raise BootCheckError(f"{target}: {e}", code="unsupported-host") from None
+    except SpawnRefused as e:
+        raise BootCheckError(f"{target}: instance {e.instance}: {e.line()}", code=f"load-{e.name.lower()}") from None
     except LoaderError as e:
         raise BootCheckError(f"{target}: {e.line()}", code=f"load-{e.name.lower()}") from None
     click.echo(f"{target}: {len(started)} instances started: {', '.join(started)}")
@@ -88,7 +97,7 @@ def check(checked: SystemReport, host: HostKernel, options: CheckOptions, *, cac
         click.echo(render_system_check(result), nl=False)
     if result.ok:
         return
-    # A spawn is left unbooted only after another one's host proved unsupported.
+    # A spawn is left unloaded only after the kernel refused an earlier one.
     first = next(s.result for s in result.failed if s.result is not None)
     failed = ", ".join(s.instance for s in result.failed)
     raise BootCheckError(f"{result.directory}: {len(result.failed)} of {len(result.spawns)} spawns failed the "
@@ -96,18 +105,22 @@ def check(checked: SystemReport, host: HostKernel, options: CheckOptions, *, cac
 
 
 def render_system_check(result: SystemCheck) -> str:
-    rows = [f"{result.directory}: {result.mode} check of {len(result.spawns)} spawns, one QEMU host each",
+    hosts = "one QEMU host each" if str(result.mode) == "kexec" else "all on one QEMU host, in load order"
+    rows = [f"{result.directory}: {result.mode} check of {len(result.spawns)} spawns, {hosts}",
             f"  {'INSTANCE':<14} {'OUTCOME':<18} {'REACHED':<16} {'NONCE':<9} {'BOOT':>7}  CONSOLE LOG"]
     for s in result.spawns:
         r = s.result
         if r is None:
-            rows.append(f"  {s.instance:<14} {'not booted':<18} {'-':<16} {'-':<9} {'-':>7}  "
-                        "(the host has no multikernel support, as shown above)")
+            rows.append(f"  {s.instance:<14} {'not loaded':<18} {'-':<16} {'-':<9} {'-':>7}  "
+                        "(the loader stopped at an earlier spawn, shown above)")
             continue
         boot = f"{r.timings_s.get('boot', 0):.1f}s"
         rows.append(f"  {s.instance:<14} {str(r.outcome):<18} {str(r.reached or '-'):<16} "
                     f"{'seen' if r.nonce_seen else 'missing':<9} {boot:>7}  {r.console_log}")
-    for s in result.failed:
-        if s.result is not None:
-            rows.append(f"  {s.instance}: {s.result.summary()}")
+    failed = [s for s in result.failed if s.result is not None]
+    summaries = {s.result.summary() for s in failed if s.result is not None}
+    if len(failed) == len(result.spawns) > 1 and len(summaries) == 1:
+        rows.append(f"  every spawn: {summaries.pop()}")  # one host's verdict, e.g. no multikernel support
+    else:
+        rows.extend(f"  {s.instance}: {s.result.summary()}" for s in failed if s.result is not None)
     return "\n".join(rows) + "\n"

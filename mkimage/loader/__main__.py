@@ -15,18 +15,26 @@ from __future__ import annotations
 import os
 import sys
 
-from mkimage.loader import kexec, multikernel, syscalls
+from mkimage.loader import kexec, multikernel, syscalls, system
 from mkimage.loader.errnos import LoaderError, UnsupportedHost
 
 ARGS_FILE = "/mkspawn/loader.args"
 USAGE = """usage: python -m mkimage.loader kexec|multikernel --kernel PATH [--initrd PATH]
        [--cmdline TEXT | --cmdline-file PATH] [--no-exec] [--probe PATH]... [--as-init]
        multikernel only: [--profile v2|mk2|mk-master] [--dtb PATH] [--dtbo PATH]
-       [--name NAME] [--id N] [--ready MARKER] [--timeout S]"""
+       [--name NAME] [--id N] [--ready MARKER] [--timeout S]
+   or: python -m mkimage.loader system --profile v2|mk2|mk-master --tree PATH
+       --spawn DIR... [--timeout S] [--as-init]
+       each DIR: kernel, cmdline, instance (name, id, ready marker: one a line),
+       optional initrd and dtbo"""
+MODES = ("kexec", "multikernel", "system")
 FLAGS = {"--no-exec", "--as-init"}
-MULTI = {"--probe"}
+MULTI = {"--probe", "--spawn"}
 VALUED = {"--kernel", "--initrd", "--cmdline", "--cmdline-file", "--profile", "--dtb", "--dtbo",
-          "--name", "--id", "--ready", "--timeout"}
+          "--name", "--id", "--ready", "--timeout", "--tree"}
+# A line about one spawn of a system starts with this and its name, then the usual marker
+# (mkimage/qemu/console.py SPAWN_TAG, which the check parses).
+SPAWN_TAG = "MKSPAWN-SPAWN="
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
 
@@ -45,8 +53,8 @@ class Usage(Exception):
 
 
 def parse(argv: list[str]) -> tuple[str, dict[str, str], dict[str, list[str]], set[str]]:
-    if not argv or argv[0] not in ("kexec", "multikernel"):
-        raise Usage("first argument must be the mode: kexec or multikernel")
+    if not argv or argv[0] not in MODES:
+        raise Usage("first argument must be the mode: kexec, multikernel or system")
     values: dict[str, str] = {}
     lists: dict[str, list[str]] = {name: [] for name in MULTI}
     flags: set[str] = set()
@@ -64,8 +72,9 @@ def parse(argv: list[str]) -> tuple[str, dict[str, str], dict[str, list[str]], s
                 values[opt] = rest.pop(0)
         else:
             raise Usage(f"unknown option {opt}")
-    if "--kernel" not in values:
-        raise Usage("--kernel is required")
+    required = ("--profile", "--tree") if argv[0] == "system" else ("--kernel",)
+    if missing := [opt for opt in required if opt not in values]:
+        raise Usage(f"{missing[0]} is required")
     return argv[0], values, lists, flags
 
 
@@ -141,6 +150,53 @@ def run_multikernel(values: dict[str, str], flags: set[str]) -> int:
     return EXIT_OK if seen else EXIT_REFUSED
 
 
+def read_spawn(directory: str) -> system.SystemSpawn:
+    """A spawn staged by the check (mkimage/qemu/hostfs.py stage_system)."""
+    def path(name: str) -> str:
+        return os.path.join(directory, name)
+
+    with open(path("instance"), "rb") as f:
+        name, mk_id, ready = (f.read().decode("utf-8").splitlines() + ["", "", ""])[:3]
+    dtbo = None
+    if os.path.exists(path("dtbo")):
+        with open(path("dtbo"), "rb") as f:
+            dtbo = f.read()
+    return system.SystemSpawn(name=name, mk_id=int(mk_id), kernel=path("kernel"),
+                              initrd=path("initrd") if os.path.exists(path("initrd")) else None,
+                              cmdline=cmdline_of({"--cmdline-file": path("cmdline")}), dtbo=dtbo,
+                              ready_marker=ready or None)
+
+
+def spawn_say(instance: str, stage: str, detail: str) -> None:
+    line = f"MKSPAWN-MK stage={stage}" + (f" {detail}" if detail else "")
+    print(f"{SPAWN_TAG}{instance} {line}" if instance else line, flush=True)
+
+
+def run_system(values: dict[str, str], lists: dict[str, list[str]], host: multikernel.Host | None = None) -> int:
+    """Every spawn of a system on this host, in order (mkimage/loader/system.py); ``host``
+    is the running kernel unless a test passes its stand-in."""
+    name = values["--profile"]
+    if name not in multikernel.PROFILES:
+        raise Usage(f"unknown profile {name}; known: {', '.join(sorted(multikernel.PROFILES))}")
+    with open(values["--tree"], "rb") as f:
+        tree = f.read()
+    spawns = [read_spawn(d) for d in lists["--spawn"]]
+    try:
+        started = system.start_system(multikernel.PROFILES[name], tree, spawns, spawn_say, host,
+                                      timeout_s=float(values.get("--timeout", "30")))
+    except UnsupportedHost as e:
+        say("UNSUPPORTED", str(e))
+        return EXIT_UNSUPPORTED
+    except system.SpawnRefused as e:
+        print(f"{SPAWN_TAG}{e.instance} MKSPAWN-LOAD-FAIL {fail_line(e)}", flush=True)
+        return EXIT_REFUSED
+    except LoaderError as e:  # the tree itself: every spawn failed with it
+        say("LOAD-FAIL", fail_line(e))
+        return EXIT_REFUSED
+    say("MK-DONE", "ready=" + ",".join(f"{n}:{'yes' if seen else 'no'}" for n, seen in started))
+    return EXIT_OK if all(seen for _, seen in started) else EXIT_REFUSED
+
+
 def mount_early() -> None:
     for source, target, fstype in (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"),
                                    ("devtmpfs", "/dev", "devtmpfs")):
@@ -164,9 +220,13 @@ def main(argv: list[str]) -> int:
     as_init = as_init or "--as-init" in flags
     if as_init:
         mount_early()
-    say("LOADER-START", f"mode={mode} pid={os.getpid()} kernel={values['--kernel']}")
+    say("LOADER-START", f"mode={mode} pid={os.getpid()} "
+        + (f"spawns={len(lists['--spawn'])}" if mode == "system" else f"kernel={values['--kernel']}"))
     try:
-        rc = run_kexec(values, lists, flags) if mode == "kexec" else run_multikernel(values, flags)
+        if mode == "system":
+            rc = run_system(values, lists)
+        else:
+            rc = run_kexec(values, lists, flags) if mode == "kexec" else run_multikernel(values, flags)
     except Usage as e:
         print(f"{e}\n{USAGE}", file=sys.stderr)
         rc = EXIT_USAGE

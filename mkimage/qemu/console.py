@@ -21,6 +21,8 @@ PANIC = "Kernel panic - not syncing"
 TRACEBACKS = ("Traceback (most recent call last)", "Fatal Python error")
 NONCE_PREFIX = "MKSPAWN-NONCE="
 READY = "MKSPAWN-READY"
+# The loader's system mode tags each line about one spawn: MKSPAWN-SPAWN=<name> <marker line>.
+SPAWN_TAG = "MKSPAWN-SPAWN="
 
 # SeaBIOS and the kernel's console reset leave terminal control sequences behind.
 _ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_]|c)")

@@ -35,6 +35,7 @@ class BootRequest:
     nonce: str | None
     expect: re.Pattern[str] | None = None
     stop_at_verdict: bool = True
+    parser: ConsoleParser | None = None  # default: one for ``nonce`` and ``expect``
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ STAGE_LABELS = {Stage.HOST_KERNEL: "host up", Stage.LOADER: "loader", Stage.LOAD
 
 
 def boot(request: BootRequest) -> BootResult:
-    parser = ConsoleParser(nonce=request.nonce, expect=request.expect)
+    parser = request.parser or ConsoleParser(nonce=request.nonce, expect=request.expect)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     argv = request.params.argv(request.kernel, request.initrd)
     log.info("check: booting %s under %s (deadline %gs, console %s)", request.kernel.name,

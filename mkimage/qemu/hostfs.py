@@ -29,7 +29,7 @@ import io
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mkimage.assets import package_dir, package_file
@@ -37,6 +37,7 @@ from mkimage.errors import ToolError
 from mkimage.initramfs.build import build_initramfs, writer_digest
 from mkimage.initramfs.newc import CpioEntry, write_archive
 from mkimage.initramfs.userland import tree_entries
+from mkimage.qemu.console import NONCE_PREFIX
 from mkimage.recipe.model import Compression, InitramfsSpec, NodeItem, NodeType, TreeItem
 from mkimage.run import run
 from mkimage.store import load_entry, locked, mark_used, publish_entry, staging_dir, stat_key
@@ -184,28 +185,75 @@ def probe_segment(nonce: str, following: str) -> bytes:
 def stage_payload(payload: SpawnPayload, nonce: str, loader_args: Sequence[str], payload_dir: Path,
                   *, probes: Sequence[Path] = (), console: str = "ttyS0") -> list[str]:
     """Write /mkspawn/… into ``payload_dir``; returns the loader's argument list."""
-    payload_dir.mkdir(parents=True, exist_ok=True)
-    payload_dir.chmod(0o755)
-    cmdline, following = spawn_cmdline(payload.cmdline, console)
-    _link_or_copy(payload.kernel, payload_dir / "kernel")
-    with open(payload_dir / "initrd", "wb") as f:
-        f.write(probe_segment(nonce, following))
-        if payload.initrd is not None:
-            with open(payload.initrd, "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 20)
-    (payload_dir / "cmdline").write_text(cmdline + "\n")
+    _new_dir(payload_dir)
     guest = f"/{PAYLOAD_DIR}"
+    staged = _stage_spawn(payload, nonce, payload_dir, console=console)
     args = [*loader_args, "--kernel", f"{guest}/kernel", "--initrd", f"{guest}/initrd",
             "--cmdline-file", f"{guest}/cmdline"]
-    for name, path in (("dtb", payload.dtb), ("dtbo", payload.dtbo)):
-        if path is not None:
-            _link_or_copy(path, payload_dir / name)
-            args += [f"--{name}", f"{guest}/{name}"]
+    args += [a for name in ("dtb", "dtbo") if name in staged for a in (f"--{name}", f"{guest}/{name}")]
     for i, path in enumerate(probes):
         _link_or_copy(path, payload_dir / f"probe-{i}")
         args += ["--probe", f"{guest}/probe-{i}"]
     (payload_dir / "loader.args").write_text("".join(a + "\n" for a in args))
     return args
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpawnPayload:
+    """One spawn of a system as the loader's system mode takes it."""
+
+    name: str
+    mk_id: int
+    payload: SpawnPayload
+    nonce: str
+
+
+SYSTEM_TREE = "tree.dtb"
+
+
+def stage_system(tree: Path, spawns: Sequence[SystemSpawnPayload], loader_args: Sequence[str], payload_dir: Path,
+                 *, console: str) -> list[str]:
+    """Write /mkspawn/… for the loader's system mode: the system's tree, then one
+    directory per spawn in load order (kernel, initrd with this run's probe and nonce,
+    cmdline, the overlay if the bundle has one, and ``instance``: name, id and the ready
+    marker, one a line).  Returns the loader's argument list."""
+    _new_dir(payload_dir)
+    guest = f"/{PAYLOAD_DIR}"
+    _link_or_copy(tree, payload_dir / SYSTEM_TREE)
+    args = [*loader_args, "--tree", f"{guest}/{SYSTEM_TREE}"]
+    for i, spawn in enumerate(spawns):
+        directory = _new_dir(payload_dir / f"spawn-{i}")
+        # The instance's own dtb is not staged: the system's tree describes every instance.
+        _stage_spawn(replace(spawn.payload, dtb=None), spawn.nonce, directory, console=console)
+        (directory / "instance").write_text(f"{spawn.name}\n{spawn.mk_id}\n{NONCE_PREFIX}{spawn.nonce}\n")
+        args += ["--spawn", f"{guest}/spawn-{i}"]
+    (payload_dir / "loader.args").write_text("".join(a + "\n" for a in args))
+    return args
+
+
+def _new_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    return path
+
+
+def _stage_spawn(payload: SpawnPayload, nonce: str, directory: Path, *, console: str) -> set[str]:
+    """The spawn's kernel, initrd (the probe segment in front), cmdline and trees in
+    ``directory``; returns the names of the optional trees written."""
+    cmdline, following = spawn_cmdline(payload.cmdline, console)
+    _link_or_copy(payload.kernel, directory / "kernel")
+    with open(directory / "initrd", "wb") as f:
+        f.write(probe_segment(nonce, following))
+        if payload.initrd is not None:
+            with open(payload.initrd, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+    (directory / "cmdline").write_text(cmdline + "\n")
+    staged = set()
+    for name, path in (("dtb", payload.dtb), ("dtbo", payload.dtbo)):
+        if path is not None:
+            _link_or_copy(path, directory / name)
+            staged.add(name)
+    return staged
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
