@@ -319,3 +319,14 @@ def test_a_tampered_stale_or_differently_signed_bundle_is_built_again(tmp_path: 
     fresh = tmp_path / "fresh"
     _build_json(system, fresh, "--key", KEY)
     assert _tree(out) == _tree(fresh)
+
+
+def test_a_system_build_imports_neither_the_check_nor_the_loader(tmp_path: Path, synthetic_kernel: Path) -> None:
+    """mkimage/system.py and commands/system.py import the QEMU check and the loader where
+    check and load run: a (no-op) build has no use for them."""
+    from tests.test_startup import imported_by
+
+    system = write_system(tmp_path / "src", synthetic_kernel)
+    code, modules = imported_by(tmp_path, "build", system, "-o", tmp_path / "out")
+    assert code == 0
+    assert {m for m in modules if m.startswith(("mkimage.qemu", "mkimage.loader"))} == set()
