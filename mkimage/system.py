@@ -57,6 +57,7 @@ from mkimage.outputs import write_atomic
 from mkimage.pipeline import BuildResult, build_bundle
 from mkimage.recipe.model import AbiProfile, KernelSpec
 from mkimage.recipe.system import Spawn, System
+from mkimage.recipe.userconfig import BuildSettings
 from mkimage.signing.keys import PrivateKey, key_id
 from mkimage.signing.trust import TrustStore
 
@@ -183,7 +184,7 @@ class _Kernels:
     compiled: tuple[str, ...]
 
 
-def _prepare_kernels(system: System, cache_root: Path) -> _Kernels:
+def _prepare_kernels(system: System, cache_root: Path, farm: BuildSettings | None = None) -> _Kernels:
     """Compile each distinct kernel of the system once, before any spawn is packed; the
     spawns get the build as loaded here, so a cache entry is checked once, not per spawn."""
     done: list[tuple[tuple[KernelSpec, str, int], KernelBuild]] = []
@@ -199,7 +200,8 @@ def _prepare_kernels(system: System, cache_root: Path) -> _Kernels:
         built = next((b for w, b in done if w == wanted), None)
         if built is None:
             with _as_spawn(spawn.instance.name or str(spawn.index)):
-                built = build_kernel(recipe.kernel, arch=wanted[1], cache_root=cache_root, source_date_epoch=epoch)
+                built = build_kernel(recipe.kernel, arch=wanted[1], cache_root=cache_root, source_date_epoch=epoch,
+                                     farm=farm)
             done.append((wanted, built))
         by_spawn.append(built)
     return _Kernels(tuple(by_spawn), tuple(dict.fromkeys(b.cache_key for _, b in done)),
@@ -232,7 +234,8 @@ def _entry(spawn: Spawn, result: BuildResult) -> SpawnEntry:
 
 
 def build_system(system: System, out_dir: Path, signers: Sequence[PrivateKey] = (), *,
-                 cache_root: Path | None = None, jobs: int | None = None) -> SystemBuildResult:
+                 cache_root: Path | None = None, jobs: int | None = None,
+                 farm: BuildSettings | None = None) -> SystemBuildResult:
     out_dir = Path(os.path.abspath(out_dir))
     _check_output_dir(out_dir)
     cache_root = cache_root or default_cache_root()
@@ -241,7 +244,7 @@ def build_system(system: System, out_dir: Path, signers: Sequence[PrivateKey] = 
     earlier = out_dir if (out_dir / SYSTEM_MANIFEST).is_file() else None
     try:
         with _prefixed_logs():
-            kernels = _prepare_kernels(system, cache_root)
+            kernels = _prepare_kernels(system, cache_root, farm)
             (work / BUNDLE_DIR).mkdir()
             workers = jobs or os.cpu_count() or 1
             results = _in_parallel([functools.partial(_build_spawn, s, work, signers, cache_root, k, earlier)

@@ -101,7 +101,7 @@ def build(recipe: Path, out: Path, keys: tuple[Path, ...], passphrase_file: Path
         from mkimage.commands import system as system_command
 
         system_command.build(recipe, out, keys, lambda ks: _load_keys(ks, passphrase_file, passphrase_env),
-                             overrides=overrides, strict=strict, jobs=jobs, as_json=as_json)
+                             overrides=overrides, strict=strict, jobs=jobs, as_json=as_json, farm=farm)
         return
     from mkimage.pipeline import build_bundle, summary
     from mkimage.recipe.load import load_recipe

@@ -29,11 +29,13 @@ from mkimage.system import (
 
 if TYPE_CHECKING:  # check and load import the QEMU and loader side when they run; a build needs none
     from mkimage.qemu.check import CheckOptions, HostKernel
+    from mkimage.recipe.userconfig import BuildSettings
 
 
 def build(system_file: Path, out: Path, keys: tuple[Path, ...],
           load_keys: Callable[[tuple[Path, ...]], list[PrivateKey]],
-          *, overrides: tuple[str, ...], strict: bool, jobs: int | None, as_json: bool) -> None:
+          *, overrides: tuple[str, ...], strict: bool, jobs: int | None, as_json: bool,
+          farm: BuildSettings | None = None) -> None:
     """Signed by --key, else by the [system] key: the system manifest and every bundle."""
     if overrides:
         raise UsageError("--set applies to recipes; a system file gives each spawn's instance itself",
@@ -41,7 +43,7 @@ def build(system_file: Path, out: Path, keys: tuple[Path, ...],
     system = load_system_file(system_file, strict=strict)
     if not keys and system.meta.key is not None:
         keys = (Path(system.meta.key),)
-    result = build_system(system, out, load_keys(keys), jobs=jobs)
+    result = build_system(system, out, load_keys(keys), jobs=jobs, farm=farm)
     if as_json:
         echo_json(summary(result))
         return

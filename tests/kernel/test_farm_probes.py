@@ -8,6 +8,7 @@ import contextlib
 import http.server
 import logging
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -187,3 +188,64 @@ def test_a_redis_password_written_with_a_colon_reaches_ccache(redis: Redis, tmp_
     finally:
         redis.command("CONFIG", "SET", "requirepass", "", password="pw")
     assert stored == 2 * len(SOURCES)  # a manifest and a result per object
+
+
+def stand_in_tree(tmp_path: Path) -> Path:
+    """A kernel-shaped tree whose Makefile compiles one C file with make's $(CC) (ccache, and
+    distcc through it) and records what the compile and the configuration steps were given."""
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "Kconfig").write_text("")
+    (tree / "one.c").write_text("int one(int x) { return x + 1; }\n")
+    record = ('env | grep -E "^(CCACHE_REMOTE|CCACHE_PREFIX|DISTCC_HOSTS)" | sort > $(O)/$@.env; '
+              'echo "$(MAKEFLAGS)" > $(O)/$@.flags')
+    (tree / "Makefile").write_text(
+        f"tinyconfig:\n\tprintf 'CONFIG_A=y\\n' > $(O)/.config\n\t@{record}\n"
+        f"olddefconfig:\n\t@{record}\n"
+        "bzImage:\n"
+        f"\t@{record}\n"
+        "\t@echo '  CC      one.o'\n"
+        "\t$(CC) -c $(CURDIR)/one.c -o $(O)/one.o\n"
+        "\t@mkdir -p $(O)/arch/x86/boot $(O)/include/config\n"
+        "\t@cp $(O)/one.o $(O)/arch/x86/boot/bzImage; echo elf > $(O)/vmlinux; echo map > $(O)/System.map\n"
+        "\t@echo 9.9.9-farm > $(O)/include/config/kernel.release\n"
+        "\t@cp $(O)/*.env $(O)/*.flags $(CURDIR)/../\n"
+    )
+    return tree
+
+
+def test_kernel_stage_hands_the_farm_to_the_compile_only(redis: Redis, dcc: Distccd, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Real make, ccache, distccd and Redis on a one-object stand-in tree: the compile gets
+    the remote cache, distcc and a job count from the hosts; configuring gets none of it;
+    the key, the tools and the image are what a plain build gives."""
+    need("make", "ccache", "distcc")
+    from mkimage.kernel.build import build_kernel
+    from mkimage.recipe.model import KernelSource, KernelSpec
+
+    caplog.set_level(logging.INFO, logger="mkspawn")
+    spec = KernelSpec(source=KernelSource(dir=stand_in_tree(tmp_path)), options={"A": "y"})
+    farm = BuildSettings(remote_cache=redis.url, distcc_hosts=[dcc.host, "localhost/1"])
+    before = dcc.compiled()
+    built = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "farm-cache", source_date_epoch=0,
+                         use_ccache=True, farm=farm)
+    compile_env = (tmp_path / "bzImage.env").read_text().splitlines()
+    assert compile_env == [f"CCACHE_PREFIX={shutil.which('distcc')}", f"CCACHE_REMOTE_STORAGE={redis.url}",
+                           f"DISTCC_HOSTS={dcc.host} localhost/1"]
+    assert (tmp_path / "olddefconfig.env").read_text() == ""  # configuring stays local
+    assert "-j3" in (tmp_path / "bzImage.flags").read_text().split()  # distccd's 2 slots and 1 here
+    assert dcc.compiled() == before + 1 and len(redis.keys()) >= 2
+    out = built.image.parent
+    assert read_distcc_log(out / DISTCC_LOG_NAME).by_host == {dcc.host: 1}
+    assert read_stats_log(out / STATS_LOG_NAME).misses == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"kernel: remote cache {redis.url}" in messages
+    assert "kernel: ccache: 1 compiles: 0 local hits, 0 remote hits, 1 misses, 0 remote errors" in messages
+    assert f"kernel: distcc: 1 objects compiled remotely (1 on {dcc.host}), 0 locally (0 fallbacks from " \
+           "unreachable or failing hosts)" in messages
+    assert set(built.tools) == {"make", "gcc", "ld", "ccache"}
+
+    plain = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "plain-cache", source_date_epoch=0,
+                         use_ccache=True)
+    assert plain.cache_key == built.cache_key and plain.tools == built.tools
+    assert plain.image.read_bytes() == built.image.read_bytes()
