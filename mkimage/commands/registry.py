@@ -71,7 +71,7 @@ def push(bundle: Path, reference: str, mount_from: tuple[str, ...], insecure: bo
                          code="bad-reference")
     sources = [_source_repository(ref, name) for name in mount_from]
     options = client_options(insecure, insecure_registries, ca_cert, timeout_s)
-    with open_store(ref, options, push=True, also_pull=sources) as store:
+    with open_store(ref, options, push=True) as store:
         result = push_bundle(bundle, ref, store, mount_from=sources)
     if as_json:
         echo_json(result.to_dict())

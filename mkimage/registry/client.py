@@ -121,7 +121,7 @@ def _reason(e: BaseException) -> str:
 class RegistryClient:
     """One repository on one registry; authentication is negotiated on the first 401."""
 
-    def __init__(self, ref: RegistryRef, options: ClientOptions, *, push: bool, also_pull: Sequence[str] = ()) -> None:
+    def __init__(self, ref: RegistryRef, options: ClientOptions, *, push: bool) -> None:
         check_transport(ref, options)
         self.ref = ref
         self.options = options
@@ -131,11 +131,15 @@ class RegistryClient:
         self._session.mount("https://", _SystemCAAdapter(options.ca_cert))
         self._session.mount("http://", _Adapter())
         self._session.headers["User-Agent"] = f"mkspawn/{__version__}"
-        self._credentials: Credentials | None = find_credentials(ref.host, options.env)
+        # Looked up on the first challenge: an anonymous registry never runs a credential helper.
+        self._credentials: Credentials | None = None
+        self._looked_up = False
         self._authorization: str | None = None
-        # A token must also cover the repositories blobs are mounted from.
-        self._scopes = [f"repository:{ref.repository}:{'pull,push' if push else 'pull'}",
-                        *(f"repository:{r}:pull" for r in also_pull if r != ref.repository)]
+        # What a token is asked to cover when the registry's challenge does not say.
+        self._own_scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+        # Every scope a token was granted for so far, asked again with a new one so that
+        # tokens do not alternate between repositories (e.g. a mount's source and target).
+        self._asked: list[str] = []
 
     def close(self) -> None:
         self._session.close()
@@ -146,8 +150,10 @@ class RegistryClient:
         return f"{self._base}/v2/{self.ref.repository}/{path}"
 
     def _send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-              body: Callable[[], Body | bytes] | None = None) -> requests.Response:
-        """One request, authenticated on a 401; the response is streamed, so close it."""
+              body: Callable[[], Body | bytes] | None = None, scopes: Sequence[str] = ()) -> requests.Response:
+        """One request, authenticated on a 401; the response is streamed, so close it.
+        ``scopes``: what a token for this request needs beyond this repository's, used
+        only if the registry's challenge names none."""
         for attempt in range(2):
             sent = dict(headers or {})
             if self._authorization is not None:
@@ -164,27 +170,38 @@ class RegistryClient:
             except requests.exceptions.ConnectionError as e:
                 raise RegistryError(f"{self.ref.host}: cannot connect: {_reason(e)}",
                                     code="registry-unreachable") from None
-            if response.status_code == 401 and attempt == 0 and self._authenticate(response):
+            if response.status_code == 401 and attempt == 0 and self._authenticate(response, scopes):
                 response.close()
                 continue
             return response
         return response
 
-    def _authenticate(self, response: requests.Response) -> bool:
+    def _authenticate(self, response: requests.Response, scopes: Sequence[str]) -> bool:
         """Set the Authorization for this registry from its challenge; False if nothing new to try."""
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None or challenge.scheme not in ("basic", "bearer"):
             return False
+        credentials = self._find_credentials()
         if challenge.scheme == "basic":
-            if self._credentials is None:
+            if credentials is None:
                 raise self._no_credentials()
-            header = self._credentials.basic_header()
+            if credentials.identity_token:
+                raise RegistryError(f"{self.ref.host}: the credentials from {credentials.source} are an identity "
+                                    "token, which only a bearer token service takes; this registry asks for a "
+                                    "password", code="registry-auth-failed")
+            header = credentials.basic_header()
         else:
-            header = f"Bearer {self._token(challenge)}"
+            header = f"Bearer {self._token(challenge, scopes)}"
         if header == self._authorization:
             return False
         self._authorization = header
         return True
+
+    def _find_credentials(self) -> Credentials | None:
+        if not self._looked_up:
+            self._credentials = find_credentials(self.ref.host, self.options.env, self.options.timeout_s)
+            self._looked_up = True
+        return self._credentials
 
     def _no_credentials(self) -> RegistryError:
         files = " or ".join(str(p) for p in auth_files(self.options.env)) or "no credentials file"
@@ -197,7 +214,10 @@ class RegistryClient:
         return RegistryError(f"{self.ref.host}: access denied {who}: HTTP {response.status_code}"
                              f"{_error_text(response)}", code="registry-auth-failed")
 
-    def _token(self, challenge: Challenge) -> str:
+    def _token(self, challenge: Challenge, scopes: Sequence[str]) -> str:
+        """A token from the challenge's realm and service, for the scopes the challenge
+        names (distribution names each repository and action the request needs), or,
+        if it names none, this repository's plus ``scopes``."""
         realm = challenge.params.get("realm", "")
         parts = urlsplit(realm)
         if parts.scheme not in ("https", "http") or not parts.netloc:
@@ -205,13 +225,24 @@ class RegistryClient:
         if parts.scheme == "http" and not self.options.insecure:
             raise RegistryError(f"{self.ref.host}: token realm {parts.netloc} is plain HTTP; refusing to send "
                                 "credentials there without --insecure", code="registry-auth-failed")
-        params: dict[str, str | list[str]] = {"scope": self._scopes}
-        if "service" in challenge.params:
-            params["service"] = challenge.params["service"]
-        auth = (self._credentials.username, self._credentials.password) if self._credentials else None
+        named = challenge.params.get("scope", "").split()
+        wanted = _merged(self._asked, named or [self._own_scope, *scopes])
+        credentials = self._credentials
+        timeout = (self.options.connect_timeout_s, self.options.timeout_s)
         try:
-            response = self._session.get(realm, params=params, auth=auth,
-                                         timeout=(self.options.connect_timeout_s, self.options.timeout_s))
+            if credentials is not None and credentials.identity_token:
+                # OAuth2 refresh-token grant (docker's token spec): POSTed, scopes space-separated.
+                form = {"grant_type": "refresh_token", "refresh_token": credentials.password,
+                        "client_id": "mkspawn", "scope": " ".join(wanted)}
+                if "service" in challenge.params:
+                    form["service"] = challenge.params["service"]
+                response = self._session.post(realm, data=form, timeout=timeout)
+            else:
+                params: dict[str, str | list[str]] = {"scope": wanted}  # one scope parameter each
+                if "service" in challenge.params:
+                    params["service"] = challenge.params["service"]
+                auth = (credentials.username, credentials.password) if credentials else None
+                response = self._session.get(realm, params=params, auth=auth, timeout=timeout)
         except requests.exceptions.RequestException as e:
             raise RegistryError(f"{self.ref.host}: token service {parts.netloc}: {_reason(e)}",
                                 code="registry-unreachable") from None
@@ -229,6 +260,7 @@ class RegistryClient:
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{self.ref.host}: token service {parts.netloc} returned no token",
                                 code="registry-error")
+        self._asked = wanted
         return token
 
     def _check(self, response: requests.Response, what: str, *ok: int) -> None:
@@ -322,11 +354,20 @@ class RegistryClient:
         for repository in repositories:
             if repository == self.ref.repository:
                 continue
-            with self._send("HEAD", f"{self._base}/v2/{repository}/blobs/{desc.digest}") as response:
-                if response.status_code != 200:
-                    continue  # not there, or not readable for us: no mount to try
+            source_scope = [f"repository:{repository}:pull"]
+            try:
+                with self._send("HEAD", f"{self._base}/v2/{repository}/blobs/{desc.digest}",
+                                scopes=source_scope) as response:
+                    if response.status_code != 200:
+                        continue  # not there, or not readable for us: no mount to try
+            except RegistryError as e:
+                if e.code != "registry-auth-failed":
+                    raise
+                # The token service will not let us read the source: upload instead.
+                log.info("push: %s: no mount from %s: %s", desc, repository, e.message)
+                continue
             url = _with_query(self._url("blobs/uploads/"), mount=desc.digest, **{"from": repository})
-            with self._send("POST", url) as response:
+            with self._send("POST", url, scopes=source_scope) as response:
                 if response.status_code == 201:
                     return repository
                 self._check(response, f"mount of {desc} from {repository}", 202)
@@ -443,6 +484,11 @@ class RegistryClient:
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
             raise RegistryError(f"{self.ref.host}: {what}: connection lost: {_reason(e)}",
                                 code="transfer-interrupted") from None
+
+
+def _merged(first: Sequence[str], then: Sequence[str]) -> list[str]:
+    """Scopes in order, each once."""
+    return list(dict.fromkeys([*first, *then]))
 
 
 # A body cut short (IncompleteRead), reset, or silent past the read timeout.

@@ -93,12 +93,11 @@ class Store(Protocol):
 
 
 @contextlib.contextmanager
-def open_store(ref: Ref, options: ClientOptions, *, push: bool, also_pull: Sequence[str] = ()) -> Iterator[Store]:
-    """``also_pull``: repositories of the same registry a push may mount blobs from."""
+def open_store(ref: Ref, options: ClientOptions, *, push: bool) -> Iterator[Store]:
     if isinstance(ref, LayoutRef):
         yield LayoutStore(ref)
         return
-    client = RegistryClient(ref, options, push=push, also_pull=also_pull)
+    client = RegistryClient(ref, options, push=push)
     try:
         yield client
     finally:

@@ -28,11 +28,13 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import run_mkspawn as mkspawn
 from tests.registry.conftest import PASSWORD, USER, Registry, docker_config, running_registry, write_ca
+from tests.registry.test_credential_helpers import setup, write_helper
 from tests.registry.test_push_pull import one_error_line
 
 SERVICE = "mkspawn-test-registry"
 ISSUER = "mkspawn-test-token-service"
 TOKEN_LIFETIME_S = 300
+IDENTITY_TOKEN = "identity-token-from-a-browser-login-not-in-logs"
 
 
 def _b64url(data: bytes) -> str:
@@ -48,16 +50,31 @@ class TokenService:
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
     requests: list[dict[str, object]] = field(default_factory=list)
+    # None: the one user it knows gets whatever is asked.  Otherwise the actions allowed
+    # per repository: others are left out of the token (as Docker Hub's service does) or,
+    # with ``strict``, the request is refused (as some registries' services do).
+    grants: dict[str, set[str]] | None = None
+    strict: bool = False
 
-    def token(self, subject: str, scopes: list[str]) -> str:
-        now = int(time.time())
-        access = []
+    def allowed(self, scopes: list[str]) -> list[dict[str, object]] | None:
+        """The token's access claim for ``scopes``; None if ``strict`` refuses them."""
+        access: list[dict[str, object]] = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            if kind == "repository" and name:
-                # This service grants whatever it is asked for to the one user it knows.
-                access.append({"type": kind, "name": name, "actions": sorted(set(actions.split(",")) - {""})})
+            if kind != "repository" or not name:
+                continue
+            asked = set(actions.split(",")) - {""}
+            granted = asked if self.grants is None else asked & self.grants.get(name, set())
+            if granted != asked and self.strict:
+                return None
+            if granted:
+                access.append({"type": kind, "name": name, "actions": sorted(granted)})
+        return access
+
+    def token(self, subject: str, scopes: list[str]) -> str:
+        now = int(time.time())
+        access = self.allowed(scopes) or []
         header = {"typ": "JWT", "alg": "ES256",
                   "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode("ascii")]}
         claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now + TOKEN_LIFETIME_S, "nbf": now - 5,
@@ -92,13 +109,28 @@ def _handler(service: TokenService) -> type[BaseHTTPRequestHandler]:
             authorized = self.headers.get("Authorization") == expected
             service.requests.append({"path": url.path, "service": query.get("service", []),
                                      "scope": query.get("scope", []), "authorized": authorized})
-            if url.path != "/token" or query.get("service") != [SERVICE]:
+            self._grant(url.path, query, authorized, "token")
+
+        def do_POST(self) -> None:
+            """The OAuth2 refresh-token grant docker's token spec adds: a form, scopes
+            space-separated, an identity token in place of a password."""
+            length = int(self.headers.get("Content-Length", "0"))
+            form = parse_qs(self.rfile.read(length).decode())
+            authorized = (form.get("grant_type") == ["refresh_token"]
+                          and form.get("refresh_token") == [IDENTITY_TOKEN])
+            scopes = form.get("scope", [""])[0].split()
+            service.requests.append({"path": self.path, "service": form.get("service", []), "scope": scopes,
+                                     "authorized": authorized, "grant": form.get("grant_type", [])})
+            self._grant(self.path, {**form, "scope": scopes}, authorized, "access_token")
+
+        def _grant(self, path: str, query: dict[str, list[str]], authorized: bool, key: str) -> None:
+            if path != "/token" or query.get("service") != [SERVICE]:
                 self._reply(400, {"errors": [{"code": "UNSUPPORTED", "message": "unknown service"}]})
-            elif not authorized:
-                self._reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
+            elif not authorized or service.allowed(query.get("scope", [])) is None:
+                self._reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials or scope"}]})
             else:
                 token = service.token(USER, query.get("scope", []))
-                self._reply(200, {"token": token, "expires_in": TOKEN_LIFETIME_S})
+                self._reply(200, {key: token, "expires_in": TOKEN_LIFETIME_S})
 
         def _reply(self, status: int, doc: dict[str, object]) -> None:
             body = json.dumps(doc).encode()
@@ -212,3 +244,81 @@ def test_the_registry_checks_the_token_signature(token_registry: TokenRegistry) 
     forged = TokenService(other_key, service.cert).token(USER, scopes)  # the trusted cert, another key
     refused = requests.get(url, headers={"Authorization": f"Bearer {forged}"}, verify=verify, timeout=30)
     assert refused.status_code == 401
+
+
+@pytest.fixture
+def service(token_registry: TokenRegistry) -> Iterator[TokenService]:
+    """The token service with its request log cleared and its policy restored afterwards."""
+    token_registry.service.requests.clear()
+    yield token_registry.service
+    token_registry.service.grants, token_registry.service.strict = None, False
+
+
+def asked(service: TokenService) -> list[list[str]]:
+    """The scopes of each granted token request, in order."""
+    return [list(r["scope"]) for r in service.requests if r["authorized"]]  # type: ignore[call-overload]
+
+
+def test_token_scopes_are_the_ones_the_registry_names(tmp_path: Path, token_registry: TokenRegistry,
+                                                      service: TokenService, bundles: dict[str, Path]) -> None:
+    """Our own scope is asked for only where the challenge names none (``GET /v2/``); the
+    mount's challenge names the target and the source, and both go to the token service,
+    one ``scope`` parameter each, beside what was granted before."""
+    registry = token_registry.registry
+    assert registry.ca_cert is not None
+    home = tmp_path / "home"
+    docker_config(home / ".docker", registry.host, USER, PASSWORD)
+    env = {"HOME": str(home)}
+    source = push_json(bundles["demo"], f"{registry.host}/token/staging:1", registry, env)
+    service.requests.clear()
+    pushed = push_json(bundles["demo"], f"{registry.host}/token/release:1", registry, env, "--from", "token/staging")
+    assert {b["status"] for b in pushed["blobs"]} == {"mounted"}, pushed  # type: ignore[index, union-attr]
+    assert source["digest"] == pushed["digest"]
+    scopes = asked(service)
+    assert scopes[0] == ["repository:token/release:pull,push"]  # from GET /v2/: no scope in that challenge
+    assert ["repository:token/release:pull,push", "repository:token/staging:pull"] in scopes
+
+
+def test_a_mount_source_the_token_service_refuses_is_uploaded_instead(
+        tmp_path: Path, token_registry: TokenRegistry, service: TokenService, bundles: dict[str, Path]) -> None:
+    """A service that refuses a request naming a repository the user may not read (rather
+    than leaving it out of the token) costs the mount, not the push."""
+    registry = token_registry.registry
+    assert registry.ca_cert is not None
+    home = tmp_path / "home"
+    docker_config(home / ".docker", registry.host, USER, PASSWORD)
+    env = {"HOME": str(home)}
+    push_json(bundles["demo"], f"{registry.host}/token/secret:1", registry, env)
+    service.grants, service.strict = {"token/mine": {"pull", "push"}}, True
+    pushed = push_json(bundles["demo"], f"{registry.host}/token/mine:1", registry, env, "--from", "token/secret")
+    assert {b["status"] for b in pushed["blobs"]} == {"uploaded"}, pushed  # type: ignore[index, union-attr]
+    refused = [r for r in service.requests if "repository:token/secret:pull" in r["scope"]]  # type: ignore[operator]
+    assert refused, service.requests
+
+
+def test_an_identity_token_from_a_helper_is_exchanged_at_the_token_service(
+        tmp_path: Path, token_registry: TokenRegistry, service: TokenService, bundles: dict[str, Path],
+        trust: Path) -> None:
+    registry = token_registry.registry
+    assert registry.ca_cert is not None
+    write_helper(tmp_path / "bin", "sso", {"hosts": {registry.host: {"Username": "<token>",
+                                                                        "Secret": IDENTITY_TOKEN}}})
+    env = setup(tmp_path, {"credHelpers": {registry.host: "sso"}})
+    ref = f"{registry.host}/token/sso:1"
+    done = mkspawn("-v", "--debug", "push", bundles["demo"], ref, "--ca-cert", registry.ca_cert, env=env)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "pulled.mkb"
+    pulled = mkspawn("-v", "--debug", "pull", ref, "-o", out, "--trust", trust, "--ca-cert", registry.ca_cert,
+                     env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert out.read_bytes() == bundles["demo"].read_bytes()
+    assert service.requests and all(r["grant"] == ["refresh_token"] for r in service.requests), service.requests
+    for run in (done, pulled):
+        assert IDENTITY_TOKEN not in run.stdout + run.stderr
+
+
+def push_json(bundle: Path, ref: str, registry: Registry, env: dict[str, str], *args: object) -> dict[str, object]:
+    assert registry.ca_cert is not None
+    done = mkspawn("push", bundle, ref, "--ca-cert", registry.ca_cert, "--json", *args, env=env)
+    assert done.returncode == 0, (done.stderr, registry.log.read_text()[-2000:])
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
