@@ -179,6 +179,33 @@ def test_url_source_is_downloaded_and_extracted_once(server: tuple[str, Served],
     assert again == tree and len(served.requests) == 1
 
 
+def test_multi_block_xz_tarball_unpacks_whole(tmp_path: Path) -> None:
+    """Extraction runs xz with -T0 (EXTRACT_ENV), as Debian's many-block linux-source
+    tarball allows; the tree must come out byte for byte, in every block."""
+    needs_tool("xz")
+    blob = os.urandom(3 << 20)
+    plain = tmp_path / "linux.tar"
+    plain.write_bytes(_fake_kernel_tarball_plain(blob))
+    subprocess.run(["xz", "-T2", "--block-size=256KiB", "-0", str(plain)], check=True)
+    blocks = subprocess.run(["xz", "--robot", "-l", str(plain) + ".xz"], check=True, capture_output=True,
+                            text=True).stdout
+    assert int(next(line.split()[2] for line in blocks.splitlines() if line.startswith("file"))) > 1
+    src = KernelSource(tarball=tmp_path / "linux.tar.xz")
+    tree = materialise_source(src, source_identity(src, cache_root=tmp_path), cache_root=tmp_path, mirrors={}).tree
+    assert (tree / "blob").read_bytes() == blob
+    assert (tree / "Makefile").read_text() == "VERSION = 9\n"
+
+
+def _fake_kernel_tarball_plain(blob: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in {"Makefile": b"VERSION = 9\n", "Kconfig": b"config X\n\tbool\n", "blob": blob}.items():
+            info = tarfile.TarInfo(f"linux-9.9/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def test_tarball_sha256_is_checked(tmp_path: Path) -> None:
     tarball = tmp_path / "linux.tar.gz"
     tarball.write_bytes(_fake_kernel_tarball())
