@@ -149,3 +149,20 @@ def test_packing_a_tree_loads_no_elf_parser_nor_recipe_model(tmp_path: Path) -> 
     assert {m for m in modules if m.startswith(("elftools.elf", "elftools.construct", "elftools.dwarf"))} == set()
     assert "mkimage.recipe.model" not in modules
     assert b"bin/hello" in (tmp_path / "out.cpio").read_bytes()
+
+
+# What only reading a bundle back needs; a build signs with make_signature and writes.
+READ_SIDE = {"mkimage.bundle.verify", "mkimage.bundle.attestations", "mkimage.bundle.system_manifest",
+             "mkimage.bundle.roles", "cryptography.x509"}
+
+
+def test_build_loads_no_reading_side_nor_elf_parser(tmp_path: Path, synthetic_kernel: Path) -> None:
+    """The no-op build's start-up (issue 15): a bzImage recipe, signed, built twice."""
+    (tmp_path / "r.toml").write_text(f'[metadata]\nname = "s"\nversion = "1"\n[kernel]\nimage = "{synthetic_kernel}"\n'
+                                     'cmdline = "console=ttyS0"\n')
+    for _ in range(2):
+        code, modules = imported_by(tmp_path, "build", tmp_path / "r.toml", "-o", tmp_path / "s.mkb",
+                                    "--key", KEYS / "test-ed25519.pem")
+        assert code == 0
+        assert modules & READ_SIDE == set()
+        assert {m for m in modules if m.startswith(("elftools.elf", "elftools.construct"))} == set()

@@ -14,11 +14,9 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from mkimage.bundle.attestations import envelope_signatures, read_envelope
 from mkimage.bundle.container import MAX_SIGNATURES, BundleHead, iter_component, write_bundle
 from mkimage.bundle.manifest import PROVENANCE_MEMBER, Signature
 from mkimage.bundle.provenance import Envelope, subject_problem
-from mkimage.bundle.verify import SigStatus, check_signatures, opened_bundle
 from mkimage.errors import UsageError, VerifyError
 from mkimage.outputs import atomic_output
 from mkimage.signing.keys import PrivateKey, key_id, sign_bytes
@@ -39,6 +37,9 @@ def _known_keys(trust: TrustStore, signers: Sequence[PrivateKey], path: Path) ->
 
 
 def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey], trust: TrustStore | None = None) -> None:
+    # Only here: a build signs with make_signature and never reads a bundle back.
+    from mkimage.bundle.verify import SigStatus, check_signatures, opened_bundle
+
     known = _known_keys(trust or TrustStore(None), signers, path)
 
     def check_head(head: BundleHead) -> None:
@@ -72,6 +73,8 @@ def sign_bundle(path: Path, out: Path, signers: Sequence[PrivateKey], trust: Tru
 def _checked_envelope(path: Path, head: BundleHead, known: TrustStore) -> Envelope:
     """The provenance is signed along with the manifest, so the same rule holds: a
     signature that no longer verifies, or a statement about other bytes, is not vouched for."""
+    from mkimage.bundle.attestations import envelope_signatures, read_envelope
+
     envelope, statement = read_envelope(path, head)
     for keyid, status in envelope_signatures(envelope, known):
         if status == "invalid":

@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mkimage.bundle.system_manifest import is_system_target
-from mkimage.bundle.verify import BundleReport, inspect_bundle, verify_bundle
 from mkimage.commands.options import (
     F,
     echo_json,
@@ -24,11 +22,14 @@ from mkimage.commands.options import (
 from mkimage.errors import UsageError
 
 if TYPE_CHECKING:
+    from mkimage.bundle.verify import BundleReport
     from mkimage.recipe.userconfig import BuildSettings
     from mkimage.signing.keys import PrivateKey
 
 # The build side (pipeline, every stage, the system builder) and signing are imported
-# inside `build` and `sign`: `verify` and `inspect` start without them.
+# inside `build` and `sign`: `verify` and `inspect` start without them; the reading side
+# (verify, attestations, system manifests) inside `verify` and `inspect`: a build starts
+# without it.
 
 bundle_path = click.Path(path_type=Path, dir_okay=False)  # an output: refused early when a directory
 
@@ -153,6 +154,9 @@ def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_jso
     """Verify a bundle's structure, digests and signatures (exit 3 if rejected, 5 on rollback).
 
     A system directory (or its system.json) is verified with every bundle it names."""
+    from mkimage.bundle.system_manifest import is_system_target
+    from mkimage.bundle.verify import verify_bundle
+
     if is_system_target(bundle):
         from mkimage.commands import system as system_command
 
@@ -173,6 +177,9 @@ def verify(bundle: Path, trust_dir: Path | None, state_file: Path | None, as_jso
 @json_option
 def inspect(bundle: Path, trust_dir: Path | None, as_json: bool) -> None:
     """Show a bundle's components, signatures and metadata (a system directory: its instances)."""
+    from mkimage.bundle.system_manifest import is_system_target
+    from mkimage.bundle.verify import inspect_bundle
+
     if is_system_target(bundle):
         from mkimage.commands import system as system_command
 
