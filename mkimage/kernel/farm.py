@@ -38,6 +38,7 @@ PROBE_TIMEOUT_S = 3.0
 STATS_LOG_NAME = "ccache-stats.log"  # ccache's own per-build stats log (stats_log)
 DISTCC_LOG_NAME = "distcc.log"  # distcc's client log (DISTCC_LOG)
 FARM_LOGS = (STATS_LOG_NAME, DISTCC_LOG_NAME)
+BACKOFF_S = 5
 
 
 # ---- probes -------------------------------------------------------------------------
@@ -182,18 +183,27 @@ def plan_farm(settings: BuildSettings, build_dir: Path, *, ccache: bool) -> Farm
     down = [f"{h.spec} ({p})" for h, p in zip(hosts, problems, strict=True) if p is not None]
     live = [h for h, p in zip(hosts, problems, strict=True) if p is None and h.kind != "option"]
     if down:
-        log.warning("kernel: distcc host%s unreachable: %s; distcc compiles %s jobs locally",
-                    "s" if len(down) > 1 else "", ", ".join(down), "those" if live else "all")
+        log.warning("kernel: distcc host%s unreachable: %s; %s", "s" if len(down) > 1 else "", ", ".join(down),
+                    "left out of this build" if live else "distcc compiles all jobs locally")
     state = build_dir / "distcc"
     state.mkdir(parents=True, exist_ok=True)  # distcc does not create it, and runs every job locally without it
     env.update({
         "CCACHE_PREFIX": distcc,
-        "DISTCC_HOSTS": " ".join(settings.distcc_hosts),
+        # With a host up, the dead ones are left out rather than tried by every job; with
+        # none up, distcc's own fallback compiles here (and backs off from them).
+        "DISTCC_HOSTS": " ".join(h.spec for h, p in zip(hosts, problems, strict=True) if p is None or not live),
         "DISTCC_LOG": str(build_dir / DISTCC_LOG_NAME),
         # Lock and back-off state of this build alone: a host that was down for an
         # earlier build is tried again.
         "DISTCC_DIR": str(state),
     })
+    if live:
+        # distcc backs off from a host for 60 s after any failed remote compile, and every
+        # kernel with IKCONFIG has one: kernel/configs.c .incbin's a file the host lacks
+        # (distcc then compiles it here, correctly).  Measured on minimal.toml: 90 of 771
+        # objects compiled locally during that minute.  The hosts were just probed, so a
+        # short back-off is enough.
+        env["DISTCC_BACKOFF_PERIOD"] = str(BACKOFF_S)
     # Every host down: distcc falls back to this machine, so make runs a local build's jobs.
     jobs = sum(h.slots for h in live) or None
     return FarmPlan(env, jobs, shown, True)

@@ -104,10 +104,10 @@ def test_plan_warns_once_per_unreachable_service(redis: Redis, dcc: Distccd, tmp
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [f"kernel: remote cache redis://***@127.0.0.1:{dead.rsplit(':', 1)[1]} is unreachable "
                       "(Connection refused); building with the local cache only",
-                      f"kernel: distcc host unreachable: {down} (Connection refused); distcc compiles those jobs "
-                      "locally"]
+                      f"kernel: distcc host unreachable: {down} (Connection refused); left out of this build"]
     assert "CCACHE_REMOTE_STORAGE" not in plan.env and "CCACHE_REMOTE_ONLY" not in plan.env
-    assert plan.env["DISTCC_HOSTS"] == f"{down} {dcc.host} localhost/1" and plan.distcc
+    assert plan.env["DISTCC_HOSTS"] == f"{dcc.host} localhost/1" and plan.distcc
+    assert plan.env["DISTCC_BACKOFF_PERIOD"] == "5"
     assert plan.jobs == 3  # the live hosts' slots: 2 on distccd, 1 here
     assert Path(plan.env["DISTCC_DIR"]).is_dir()  # without it distcc runs every job locally
     assert plan.env["CCACHE_STATSLOG"] == str(tmp_path / STATS_LOG_NAME)
@@ -120,6 +120,7 @@ def test_plan_warns_once_per_unreachable_service(redis: Redis, dcc: Distccd, tmp
 
     plan = plan_farm(BuildSettings(distcc_hosts=[down]), tmp_path, ccache=True)
     assert plan.jobs is None  # every host down: a local build's job count
+    assert plan.env["DISTCC_HOSTS"] == down and "DISTCC_BACKOFF_PERIOD" not in plan.env  # distcc's own fallback
     plan = plan_farm(BuildSettings(remote_cache=redis.url), tmp_path, ccache=False)
     assert plan.env == {} and "ccache is not installed" in caplog.records[-1].getMessage()
 
@@ -197,7 +198,7 @@ def stand_in_tree(tmp_path: Path) -> Path:
     tree.mkdir()
     (tree / "Kconfig").write_text("")
     (tree / "one.c").write_text("int one(int x) { return x + 1; }\n")
-    record = ('env | grep -E "^(CCACHE_REMOTE|CCACHE_PREFIX|DISTCC_HOSTS)" | sort > $(O)/$@.env; '
+    record = ('env | grep -E "^(CCACHE_REMOTE|CCACHE_PREFIX|DISTCC_HOSTS|DISTCC_BACKOFF)" | sort > $(O)/$@.env; '
               'echo "$(MAKEFLAGS)" > $(O)/$@.flags')
     (tree / "Makefile").write_text(
         f"tinyconfig:\n\tprintf 'CONFIG_A=y\\n' > $(O)/.config\n\t@{record}\n"
@@ -231,7 +232,7 @@ def test_kernel_stage_hands_the_farm_to_the_compile_only(redis: Redis, dcc: Dist
                          use_ccache=True, farm=farm)
     compile_env = (tmp_path / "bzImage.env").read_text().splitlines()
     assert compile_env == [f"CCACHE_PREFIX={shutil.which('distcc')}", f"CCACHE_REMOTE_STORAGE={redis.url}",
-                           f"DISTCC_HOSTS={dcc.host} localhost/1"]
+                           "DISTCC_BACKOFF_PERIOD=5", f"DISTCC_HOSTS={dcc.host} localhost/1"]
     assert (tmp_path / "olddefconfig.env").read_text() == ""  # configuring stays local
     assert "-j3" in (tmp_path / "bzImage.flags").read_text().split()  # distccd's 2 slots and 1 here
     assert dcc.compiled() == before + 1 and len(redis.keys()) >= 2
