@@ -224,23 +224,34 @@ def test_kernel_stage_hands_the_farm_to_the_compile_only(redis: Redis, dcc: Dist
     from mkimage.kernel.build import build_kernel
     from mkimage.recipe.model import KernelSource, KernelSpec
 
-    caplog.set_level(logging.INFO, logger="mkspawn")
+    caplog.set_level(logging.DEBUG, logger="mkspawn")
     spec = KernelSpec(source=KernelSource(dir=stand_in_tree(tmp_path)), options={"A": "y"})
-    farm = BuildSettings(remote_cache=redis.url, distcc_hosts=[dcc.host, "localhost/1"])
+    url = f"redis://:Secr3t@127.0.0.1:{redis.port}"
+    farm = BuildSettings(remote_cache=url, distcc_hosts=[dcc.host, "localhost/1"])
     before = dcc.compiled()
-    built = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "farm-cache", source_date_epoch=0,
-                         use_ccache=True, farm=farm)
+    redis.command("CONFIG", "SET", "requirepass", "Secr3t")
+    try:
+        built = build_kernel(spec, arch="x86_64", cache_root=tmp_path / "farm-cache", source_date_epoch=0,
+                             use_ccache=True, farm=farm)
+        stored = redis.command("DBSIZE", password="Secr3t")
+    finally:
+        redis.command("CONFIG", "SET", "requirepass", "", password="Secr3t")
     compile_env = (tmp_path / "bzImage.env").read_text().splitlines()
-    assert compile_env == [f"CCACHE_PREFIX={shutil.which('distcc')}", f"CCACHE_REMOTE_STORAGE={redis.url}",
+    assert compile_env == [f"CCACHE_PREFIX={shutil.which('distcc')}",
+                           f"CCACHE_REMOTE_STORAGE=redis://Secr3t@127.0.0.1:{redis.port}",
                            "DISTCC_BACKOFF_PERIOD=5", f"DISTCC_HOSTS={dcc.host} localhost/1"]
     assert (tmp_path / "olddefconfig.env").read_text() == ""  # configuring stays local
     assert "-j3" in (tmp_path / "bzImage.flags").read_text().split()  # distccd's 2 slots and 1 here
-    assert dcc.compiled() == before + 1 and len(redis.keys()) >= 2
+    assert dcc.compiled() == before + 1 and isinstance(stored, int) and stored >= 2
     out = built.image.parent
     assert read_distcc_log(out / DISTCC_LOG_NAME).by_host == {dcc.host: 1}
     assert read_stats_log(out / STATS_LOG_NAME).misses == 1
     messages = [r.getMessage() for r in caplog.records]
-    assert f"kernel: remote cache {redis.url}" in messages
+    assert f"kernel: remote cache redis://***@127.0.0.1:{redis.port}" in messages
+    # Not even the --debug command line shows the password.
+    assert not [m for m in messages if "Secr3t" in m]
+    assert any(f"'CCACHE_REMOTE_STORAGE=redis://***@127.0.0.1:{redis.port}'" in m for m in messages
+               if m.startswith("kernel: $ ") and m.endswith(" bzImage"))
     assert "kernel: ccache: 1 compiles: 0 local hits, 0 remote hits, 1 misses, 0 remote errors" in messages
     assert f"kernel: distcc: 1 objects compiled remotely (1 on {dcc.host}), 0 locally (0 fallbacks from " \
            "unreachable or failing hosts)" in messages
