@@ -15,9 +15,9 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import logging
 import os
+import threading
 import typing
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +64,7 @@ from mkimage.signing.trust import TrustStore
 log = logging.getLogger("mkspawn")
 
 PROGRESS_MIN_BYTES = 8 << 20  # smaller blobs move too fast for progress lines to help
+PARALLEL_MIN_BYTES = 1 << 20  # a blob worth a second connection beside the others
 
 
 class Store(Protocol):
@@ -181,20 +182,23 @@ class Progress:
 
 
 class FileRange:
-    """Part of an open file as a request body: ``read`` in blocks, ``len`` for Content-Length."""
+    """Part of an open file as a request body: ``read`` in blocks (positional reads, so
+    two uploads can share the file), ``len`` for Content-Length.  ``stop`` set makes the
+    next read fail, which ends an upload nobody waits for any more."""
 
-    def __init__(self, f: BinaryIO, start: int, length: int) -> None:
-        self._f, self._pos, self._left = f, start, length
+    def __init__(self, f: BinaryIO, start: int, length: int, stop: threading.Event | None = None) -> None:
+        self._f, self._pos, self._left, self._stop = f, start, length, stop
 
     def __len__(self) -> int:
         return self._left
 
     def read(self, size: int = -1) -> bytes:
+        if self._stop is not None and self._stop.is_set():
+            raise RegistryError(f"{getattr(self._f, 'name', 'bundle')}: upload abandoned", code="registry-error")
         want = self._left if size < 0 else min(size, self._left)
         if not want:
             return b""
-        self._f.seek(self._pos)
-        data = self._f.read(want)
+        data = os.pread(self._f.fileno(), want, self._pos)
         if not data:
             raise VerifyError(f"{getattr(self._f, 'name', 'bundle')}: ends early while uploading", code="truncated")
         self._pos += len(data)
@@ -202,11 +206,53 @@ class FileRange:
         return data
 
 
+class BytesRange:
+    """Part of bytes in memory as a request body."""
+
+    def __init__(self, data: bytes, start: int, length: int) -> None:
+        self._view, self._pos, self._end = memoryview(data), start, start + length
+
+    def __len__(self) -> int:
+        return self._end - self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self._end if size < 0 else min(self._end, self._pos + size)
+        data = bytes(self._view[self._pos:end])
+        self._pos = end
+        return data
+
+
 def _bytes_source(data: bytes) -> BlobSource:
-    def source(start: int, length: int) -> FileRange:
-        return FileRange(io.BytesIO(data), start, length)
+    def source(start: int, length: int) -> BytesRange:
+        return BytesRange(data, start, length)
 
     return source
+
+
+class _Background:
+    """One call on a daemon thread; ``result`` waits for it (interruptibly) and returns
+    its value or raises its exception.  A daemon, so that Ctrl-C or an error elsewhere
+    does not wait for a long upload to finish."""
+
+    def __init__(self, call: Callable[[], BlobReport]) -> None:
+        self._call = call
+        self._value: BlobReport | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mkspawn-upload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as e:  # raised again by result(), in the caller's thread
+            self._error = e
+
+    def result(self) -> BlobReport:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
 
 
 def push_bundle(bundle: Path, ref: Ref, store: Store, *, mount_from: Sequence[str] = ()) -> PushResult:
@@ -219,6 +265,7 @@ def push_bundle(bundle: Path, ref: Ref, store: Store, *, mount_from: Sequence[st
     skipped; one that a repository in ``mount_from`` holds is mounted, not uploaded.
     """
     tag = ref.tag or DEFAULT_TAG
+    stop = threading.Event()  # set, it fails the reads of an upload no longer waited for
     with opened_bundle(bundle, read=read_layout) as (f, contents):
         artifact = artifact_for(contents)
         sources: list[tuple[Descriptor, BlobSource]] = [(artifact.config, _bytes_source(contents.manifest_bytes))]
@@ -228,32 +275,25 @@ def push_bundle(bundle: Path, ref: Ref, store: Store, *, mount_from: Sequence[st
         if contents.provenance is not None:
             sources.append((artifact.layers[signed], _bytes_source(contents.provenance)))
             signed += 1
+        offsets: dict[int, int] = {}  # source index -> offset in the bundle, for the components
         for component, layer in zip(contents.manifest.components, artifact.layers[signed:], strict=True):
-            offset, _ = contents.component_offsets[component.path]
-            sources.append((layer, functools.partial(_file_source, f, offset)))
+            offsets[len(sources)], _ = contents.component_offsets[component.path]
+            sources.append((layer, functools.partial(_file_source, f, offsets[len(sources)], stop)))
         store.prepare()
-        reports = []
-        for desc, source in sources:
-            if store.has_blob(desc):
-                log.info("push: %s: already there, skipped", desc)
-                reports.append(BlobReport(desc, "skipped"))
-                continue
-            mounted = store.mount_blob(desc, mount_from) if mount_from else None
-            if mounted is not None:
-                log.info("push: %s: mounted from %s", desc, mounted)
-                reports.append(BlobReport(desc, "mounted", mounted))
-                continue
-            log.info("push: %s: uploading", desc)
-            shown = Progress("push", desc)
-            try:
-                store.put_blob(desc, source, shown)
-            except VerifyError as e:
-                shown.failed()
-                raise VerifyError(f"{bundle}: {e.message}", code=e.code) from None
-            except BaseException:
-                shown.failed()
-                raise
-            reports.append(BlobReport(desc, "uploaded"))
+        # The largest blob goes up on a second connection while the others (the config,
+        # signatures, small components: a few requests each) go up on this one.
+        largest = max(range(len(sources)), key=lambda i: sources[i][0].size)
+        background = None
+        if len(sources) > 1 and sources[largest][0].size >= PARALLEL_MIN_BYTES and largest in offsets:
+            background = _Background(functools.partial(_push_own_file, store, bundle, sources[largest][0],
+                                                       offsets[largest], stop, mount_from))
+        try:
+            reports = [_push_blob(store, bundle, desc, source, mount_from)
+                       for i, (desc, source) in enumerate(sources) if background is None or i != largest]
+            if background is not None:
+                reports.insert(largest, background.result())
+        finally:
+            stop.set()
         recorded = store.put_manifest(artifact.manifest_bytes, tag)
         if recorded and recorded != artifact.digest:
             raise RegistryError(f"{ref}: the registry recorded manifest digest {recorded}, expected {artifact.digest}",
@@ -288,8 +328,39 @@ def attach_referrers(store: Store, subject: Artifact, referrers: Sequence[Referr
     return tag
 
 
-def _file_source(f: BinaryIO, base: int, start: int, length: int) -> FileRange:
-    return FileRange(f, base + start, length)
+def _push_blob(store: Store, bundle: Path, desc: Descriptor, source: BlobSource,
+               mount_from: Sequence[str]) -> BlobReport:
+    """Skip, mount or upload one blob."""
+    if store.has_blob(desc):
+        log.info("push: %s: already there, skipped", desc)
+        return BlobReport(desc, "skipped")
+    mounted = store.mount_blob(desc, mount_from) if mount_from else None
+    if mounted is not None:
+        log.info("push: %s: mounted from %s", desc, mounted)
+        return BlobReport(desc, "mounted", mounted)
+    log.info("push: %s: uploading", desc)
+    shown = Progress("push", desc)
+    try:
+        store.put_blob(desc, source, shown)
+    except VerifyError as e:
+        shown.failed()
+        raise VerifyError(f"{bundle}: {e.message}", code=e.code) from None
+    except BaseException:
+        shown.failed()
+        raise
+    return BlobReport(desc, "uploaded")
+
+
+def _push_own_file(store: Store, bundle: Path, desc: Descriptor, offset: int, stop: threading.Event,
+                   mount_from: Sequence[str]) -> BlobReport:
+    """``_push_blob`` reading the bundle through its own descriptor, which no other thread
+    closes under it."""
+    with bundle.open("rb") as f:
+        return _push_blob(store, bundle, desc, functools.partial(_file_source, f, offset, stop), mount_from)
+
+
+def _file_source(f: BinaryIO, base: int, stop: threading.Event, start: int, length: int) -> FileRange:
+    return FileRange(f, base + start, length, stop)
 
 
 Chunk = typing.TypeVar("Chunk", bytes, memoryview)

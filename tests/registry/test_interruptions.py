@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import default_cache_root
 from tests.conftest import run_mkspawn as mkspawn
@@ -27,10 +28,11 @@ class CuttingProxy:
     """A TCP relay to the registry that closes ``cuts`` connections once each has sent
     ``after`` response bytes, and can slow every response down to ``delay_s`` per 64 KiB."""
 
-    def __init__(self, upstream: str, *, after: int, cuts: int, delay_s: float = 0.0) -> None:
+    def __init__(self, upstream: str, *, after: int, cuts: int, delay_s: float = 0.0,
+                 upload_delay_s: float = 0.0) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
-        self.after, self.cuts_left, self.delay_s = after, cuts, delay_s
+        self.after, self.cuts_left, self.delay_s, self.upload_delay_s = after, cuts, delay_s, upload_delay_s
         self.cut = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
@@ -49,7 +51,7 @@ class CuttingProxy:
         # The client may hang up first (an interrupted pull): that ends the relay, not the test.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError), client, \
                 socket.create_connection(self.upstream) as upstream:
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, self.upload_delay_s), daemon=True).start()
             sent = 0
             while data := upstream.recv(65536):
                 sent += len(data)
@@ -67,10 +69,12 @@ class CuttingProxy:
                     time.sleep(self.delay_s)  # throttling the relay is the point here
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(source: socket.socket, sink: socket.socket, delay_s: float) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 sink.sendall(data)
+                if delay_s:
+                    time.sleep(delay_s)  # throttling uploads through the relay is the point
             sink.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
@@ -133,3 +137,27 @@ def test_a_signal_during_pull_leaves_nothing(tmp_path: Path, plain_registry: Reg
         assert proc.wait(timeout=60) == status, rest
     assert "Traceback" not in rest
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_push_ends_it_at_once(tmp_path: Path, plain_registry: Registry, bundles: dict[str, Path],
+                                              signum: int, status: int) -> None:
+    """The kernel goes up on its own thread beside the small blobs: a signal still ends the
+    push then and there (not when that upload is done), and no manifest is written."""
+    with proxy(plain_registry, after=1 << 40, cuts=0, upload_delay_s=0.2) as relay:  # ~10 s for the kernel
+        proc = subprocess.Popen([sys.executable, "-m", "mkimage", "-v", "push", str(bundles["demo"]),
+                                 f"{relay.host}/signal/push:1", "--insecure"], stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "push: bzImage" in line and "uploading" in line:
+                break
+        time.sleep(0.5)  # into the throttled upload; nothing to wait for but the clock
+        proc.send_signal(signum)
+        sent = time.monotonic()
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == status, rest
+        assert time.monotonic() - sent < 3, rest
+    assert "Traceback" not in rest
+    manifest = requests.head(f"http://{plain_registry.host}/v2/signal/push/manifests/1", timeout=30)
+    assert manifest.status_code == 404
