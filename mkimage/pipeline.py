@@ -198,7 +198,8 @@ def _build_initrd(recipe: Recipe, plan: _Plan, work_dir: Path, cache_root: Path)
     assert epoch is not None
     result = build_initramfs(recipe.initramfs, work_dir / "initrd", source_date_epoch=epoch,
                              kernel_config=plan.kernel_config, early_files=plan.early_files,
-                             modules_dir=plan.modules_dir, arch=recipe.metadata.arch, cache_root=cache_root)
+                             modules_dir=plan.modules_dir, arch=recipe.metadata.arch, cache_root=cache_root,
+                             durable=False)  # read into the bundle, then gone with work_dir
     plan.files.append(Artifact(Role.INITRD, "initrd", result.path, result.media_type))
     plan.tools.update(result.tools)
     plan.inputs.extend(Input(InputKind.FILE, _input_name(Path(name), recipe, work_dir, cache_root), digest)

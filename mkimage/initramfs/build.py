@@ -73,6 +73,7 @@ def build_initramfs(
     modules_dir: Path | None = None,
     arch: Arch = Arch.X86_64,
     cache_root: Path | None = None,
+    durable: bool = True,
 ) -> InitramfsResult:
     """Write the initramfs the spec describes to ``out``.
 
@@ -82,17 +83,20 @@ def build_initramfs(
     is the kernel's ``lib/modules/<release>`` that ``spec.modules`` are taken from;
     ``arch`` is the target, whose ELF machine every packed program must match;
     ``cache_root`` (the project cache) keeps the result for rebuilds with the same inputs.
+    ``durable=False`` is for a scratch ``out`` that dies with its temp directory (the
+    pipeline's): it is not fsynced, and a cache hit is hard-linked rather than copied.
     Problems with what the recipe names are RecipeErrors at the recipe line that named it.
     """
     try:
-        return _build(spec, out, source_date_epoch, kernel_config, early_files, modules_dir, arch, cache_root)
+        return _build(spec, out, source_date_epoch, kernel_config, early_files, modules_dir, arch, cache_root,
+                      durable)
     except RecipeError as e:
         raise spec.locations.locate(e) from e
 
 
 def _build(spec: InitramfsSpec, out: Path, source_date_epoch: int, kernel_config: Path | None,
            early_files: Sequence[tuple[str, Path]], modules_dir: Path | None, arch: Arch,
-           cache_root: Path | None) -> InitramfsResult:
+           cache_root: Path | None, durable: bool) -> InitramfsResult:
     if spec.image is not None:
         raise InputError("initramfs.image is set: the recipe uses a prebuilt initramfs, there is nothing to build",
                          code="prebuilt-initramfs")
@@ -107,12 +111,13 @@ def _build(spec: InitramfsSpec, out: Path, source_date_epoch: int, kernel_config
     tools.update(compressor_versions(compression))
     key = None if cache_root is None else cache_key(early, entries, compression, source_date_epoch)
     if cache_root is not None and key is not None:
-        cached = _cached(cache_root, key, out, compression, tools)
+        cached = _cached(cache_root, key, out, compression, tools, durable)
         if cached is not None:
             return cached
     data = sum(_data_size(e) for e in entries)
     try:
-        with atomic_output(out) as f, progress.task("initramfs: pack", total=data, unit="bytes") as task:
+        with (atomic_output(out) if durable else out.open("wb")) as f, \
+                progress.task("initramfs: pack", total=data, unit="bytes") as task:
             early_size = write_archive(early, f, source_date_epoch=source_date_epoch) if early else 0
             with compressing(compression, f) as stream:
                 write_archive(entries, stream, source_date_epoch=source_date_epoch, on_member=task.advance)
@@ -174,15 +179,18 @@ def _entry_dir(cache_root: Path, key: str) -> Path:
 
 
 def _cached(cache_root: Path, key: str, out: Path, compression: Compression,
-            tools: dict[str, str]) -> InitramfsResult | None:
+            tools: dict[str, str], durable: bool) -> InitramfsResult | None:
     """The cached result for ``key``, copied to ``out``; None on a miss."""
     entry_dir = _entry_dir(cache_root, key)
     entry = load_entry(entry_dir, key, stage="initramfs")  # re-hashes the cached file
     if entry is None:
         return None
     try:
-        with atomic_path(out) as tmp:
-            shutil.copyfile(entry_dir / CACHED_NAME, tmp)  # in-kernel copy (sendfile)
+        if durable:
+            with atomic_path(out) as tmp:
+                shutil.copyfile(entry_dir / CACHED_NAME, tmp)  # in-kernel copy (sendfile)
+        else:
+            _scratch_copy(entry_dir / CACHED_NAME, out)
     except OSError as e:
         raise MkspawnError(f"writing {out}: {e.strerror or e}", code="write-failed") from e
     log.debug("initramfs: cache hit %s", key[:16])
@@ -196,6 +204,16 @@ def _cached(cache_root: Path, key: str, out: Path, compression: Compression,
         tools=tools,
         inputs=tuple((name, digest) for name, digest in entry["inputs"]),
     )
+
+
+def _scratch_copy(cached: Path, out: Path) -> None:
+    """A hard link where the cache and ``out`` share a filesystem: the scratch file is only
+    read (into the bundle), and the entry is re-hashed on every hit all the same."""
+    out.unlink(missing_ok=True)
+    try:
+        os.link(cached, out)
+    except OSError:
+        shutil.copyfile(cached, out)
 
 
 def _store(cache_root: Path, key: str, result: InitramfsResult) -> None:

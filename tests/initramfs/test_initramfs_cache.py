@@ -51,6 +51,22 @@ def test_a_rebuild_with_unchanged_inputs_is_served_from_the_entry(tmp_path: Path
     assert {name for name, _ in second.inputs} >= {str(tree / "a"), str(tree / "sub" / "b")}
 
 
+def test_a_scratch_output_is_linked_to_the_entry_and_a_durable_one_copied(tmp_path: Path, tree: Path) -> None:
+    """The pipeline's initrd lives in its temp work dir (durable=False): a hit costs a
+    link, not a copy and an fsync; `mkspawn initramfs -o` keeps a file of its own."""
+    cache = tmp_path / "cache"
+    first = build_initramfs(spec_for(tree), tmp_path / "miss", source_date_epoch=EPOCH, cache_root=cache,
+                            durable=False)
+    [entry] = entries(cache)
+    scratch = build_initramfs(spec_for(tree), tmp_path / "hit", source_date_epoch=EPOCH, cache_root=cache,
+                              durable=False)
+    durable = build_initramfs(spec_for(tree), tmp_path / "kept", source_date_epoch=EPOCH, cache_root=cache)
+    assert first.sha256 == scratch.sha256 == durable.sha256
+    assert (tmp_path / "hit").stat().st_ino == (entry / "initrd").stat().st_ino
+    assert (tmp_path / "kept").stat().st_ino != (entry / "initrd").stat().st_ino
+    assert (tmp_path / "kept").read_bytes() == (tmp_path / "hit").read_bytes() == (tmp_path / "miss").read_bytes()
+
+
 @pytest.mark.parametrize("change", ["content", "mode", "epoch", "compression"])
 def test_any_changed_input_misses_and_matches_an_uncached_build(tmp_path: Path, tree: Path, change: str) -> None:
     cache = tmp_path / "cache"
