@@ -1,4 +1,4 @@
-"""The OCI distribution API over HTTP(S), written with ``requests``.
+"""The OCI distribution API over HTTP(S) (``transport``: http.client).
 
 oras-py 0.2.43 was evaluated first and does not serve: its requests carry no timeout, a
 retry decorator sleeps 2 + 3**n seconds on any error (a dead registry hangs for minutes),
@@ -23,11 +23,8 @@ import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import NoReturn, Protocol
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
-
-import requests
-import requests.adapters
 
 from mkimage import __version__
 from mkimage.errors import InputError, RegistryError, UsageError, VerifyError
@@ -35,6 +32,7 @@ from mkimage.registry.artifact import INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
 from mkimage.registry.auth import Challenge, Credentials, auth_files, find_credentials, parse_challenge
 from mkimage.registry.reference import RegistryRef, is_loopback
 from mkimage.registry.streams import BufferPool
+from mkimage.registry.transport import Body, Response, Transport, TransportError, TransportOptions
 
 log = logging.getLogger("mkspawn")
 
@@ -43,16 +41,7 @@ log = logging.getLogger("mkspawn")
 MANIFEST_ACCEPT = f"{OCI_MANIFEST_MEDIA_TYPE}, application/vnd.docker.distribution.manifest.v2+json"
 OCTET_STREAM = "application/octet-stream"
 DOWNLOAD_CHUNK = 1 << 20
-SEND_BLOCK = 1 << 20
 _MAX_ERROR_BODY = 64 << 10
-
-
-class Body(Protocol):
-    """A request body streamed by http.client: ``read`` in blocks, ``len`` for Content-Length."""
-
-    def read(self, size: int = -1) -> bytes: ...
-
-    def __len__(self) -> int: ...
 
 
 # (offset, length) → a fresh body over that part of the blob, so a failed chunk can be resent.
@@ -81,41 +70,15 @@ def check_transport(ref: RegistryRef, options: ClientOptions) -> None:
                          f"name the host with --insecure-registry {ref.host} to allow it", code="insecure-refused")
 
 
-class _Adapter(requests.adapters.HTTPAdapter):
-    """Request bodies go to the socket in 1 MiB blocks, not http.client's 16 KiB: a
-    200 MB upload is 200 sends instead of 12,000 Python-level read/send rounds."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["blocksize"] = SEND_BLOCK
-        super().init_poolmanager(*args, **kwargs)
-
-
-class _SystemCAAdapter(_Adapter):
-    """HTTPS verified against the system CA store plus an optional extra CA file."""
-
-    def __init__(self, ca_cert: Path | None) -> None:
-        self._context = ssl.create_default_context()
-        if ca_cert is not None:
-            try:
-                self._context.load_verify_locations(cafile=str(ca_cert))
-            except (OSError, ssl.SSLError) as e:
-                raise InputError(f"{ca_cert}: cannot load CA certificate: {e}", code="bad-ca-cert") from None
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
-
-
-def _reason(e: BaseException) -> str:
-    """The OS-level cause buried in a requests exception, without URLs or object reprs."""
-    text = str(e)
-    for pattern in (r"certificate verify failed: ([^('\")]+)", r"\[Errno -?\d+\] ([^'\")]+)",
-                    r"(Read timed out|Connection aborted|Connection broken: [A-Za-z]+)"):
-        match = re.search(pattern, text)
-        if match:
-            return match.group(1).strip().rstrip(".")
-    return type(e).__name__
+def _tls_context(ca_cert: Path | None) -> ssl.SSLContext:
+    """The system CA store plus an optional extra CA file."""
+    context = ssl.create_default_context()
+    if ca_cert is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_cert))
+        except (OSError, ssl.SSLError) as e:
+            raise InputError(f"{ca_cert}: cannot load CA certificate: {e}", code="bad-ca-cert") from None
+    return context
 
 
 class RegistryClient:
@@ -126,11 +89,11 @@ class RegistryClient:
         self.ref = ref
         self.options = options
         self._base = f"{'http' if options.insecure else 'https'}://{ref.host}"
-        self._session = requests.Session()
-        self._session.trust_env = False  # no ~/.netrc credentials or proxies slipped in unseen
-        self._session.mount("https://", _SystemCAAdapter(options.ca_cert))
-        self._session.mount("http://", _Adapter())
-        self._session.headers["User-Agent"] = f"mkspawn/{__version__}"
+        # No proxies or ~/.netrc credentials slipped in from the environment, unseen.
+        self._transport = Transport(TransportOptions(
+            tls=_tls_context(options.ca_cert) if not options.insecure else ssl.create_default_context(),
+            connect_timeout_s=options.connect_timeout_s, timeout_s=options.timeout_s,
+            user_agent=f"mkspawn/{__version__}"))
         # Looked up on the first challenge: an anonymous registry never runs a credential helper.
         self._credentials: Credentials | None = None
         self._looked_up = False
@@ -142,7 +105,7 @@ class RegistryClient:
         self._asked: list[str] = []
 
     def close(self) -> None:
-        self._session.close()
+        self._transport.close()
 
     # ---- plumbing ------------------------------------------------------------------
 
@@ -150,7 +113,7 @@ class RegistryClient:
         return f"{self._base}/v2/{self.ref.repository}/{path}"
 
     def _send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-              body: Callable[[], Body | bytes] | None = None, scopes: Sequence[str] = ()) -> requests.Response:
+              body: Callable[[], Body | bytes] | None = None, scopes: Sequence[str] = ()) -> Response:
         """One request, authenticated on a 401; the response is streamed, so close it.
         ``scopes``: what a token for this request needs beyond this repository's, used
         only if the registry's challenge names none."""
@@ -159,24 +122,16 @@ class RegistryClient:
             if self._authorization is not None:
                 sent["Authorization"] = self._authorization
             try:
-                response = self._session.request(
-                    method, url, headers=sent, data=body() if body is not None else None, stream=True,
-                    timeout=(self.options.connect_timeout_s, self.options.timeout_s))
-            except requests.exceptions.SSLError as e:
-                raise RegistryError(f"{self.ref.host}: TLS: {_reason(e)}", code="registry-tls",
-                                    hint="name the registry's CA with --ca-cert FILE") from None
-            except requests.exceptions.Timeout as e:
-                raise RegistryError(f"{self.ref.host}: timed out ({_reason(e)})", code="registry-timeout") from None
-            except requests.exceptions.ConnectionError as e:
-                raise RegistryError(f"{self.ref.host}: cannot connect: {_reason(e)}",
-                                    code="registry-unreachable") from None
-            if response.status_code == 401 and attempt == 0 and self._authenticate(response, scopes):
+                response = self._transport.request(method, url, headers=sent, body=body)
+            except TransportError as e:
+                _raise_unreachable(self.ref.host, e)
+            if response.status == 401 and attempt == 0 and self._authenticate(response, scopes):
                 response.close()
                 continue
             return response
         return response
 
-    def _authenticate(self, response: requests.Response, scopes: Sequence[str]) -> bool:
+    def _authenticate(self, response: Response, scopes: Sequence[str]) -> bool:
         """Set the Authorization for this registry from its challenge; False if nothing new to try."""
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None or challenge.scheme not in ("basic", "bearer"):
@@ -208,10 +163,10 @@ class RegistryClient:
         return RegistryError(f"{self.ref.host}: the registry requires credentials and there are none for "
                              f"{self.ref.host} in {files}", code="registry-auth-failed")
 
-    def _denied(self, response: requests.Response) -> RegistryError:
+    def _denied(self, response: Response) -> RegistryError:
         who = (f"as {self._credentials.username!r} (from {self._credentials.source})"
                if self._credentials is not None else "anonymously")
-        return RegistryError(f"{self.ref.host}: access denied {who}: HTTP {response.status_code}"
+        return RegistryError(f"{self.ref.host}: access denied {who}: HTTP {response.status}"
                              f"{_error_text(response)}", code="registry-auth-failed")
 
     def _token(self, challenge: Challenge, scopes: Sequence[str]) -> str:
@@ -228,33 +183,31 @@ class RegistryClient:
         named = challenge.params.get("scope", "").split()
         wanted = _merged(self._asked, named or [self._own_scope, *scopes])
         credentials = self._credentials
-        timeout = (self.options.connect_timeout_s, self.options.timeout_s)
+        service = [("service", challenge.params["service"])] if "service" in challenge.params else []
         try:
             if credentials is not None and credentials.identity_token:
                 # OAuth2 refresh-token grant (docker's token spec): POSTed, scopes space-separated.
-                form = {"grant_type": "refresh_token", "refresh_token": credentials.password,
-                        "client_id": "mkspawn", "scope": " ".join(wanted)}
-                if "service" in challenge.params:
-                    form["service"] = challenge.params["service"]
-                response = self._session.post(realm, data=form, timeout=timeout)
+                form = urlencode([("grant_type", "refresh_token"), ("refresh_token", credentials.password),
+                                  ("client_id", "mkspawn"), ("scope", " ".join(wanted)), *service]).encode()
+                response = self._transport.request(
+                    "POST", realm, headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    body=lambda: form)
             else:
-                params: dict[str, str | list[str]] = {"scope": wanted}  # one scope parameter each
-                if "service" in challenge.params:
-                    params["service"] = challenge.params["service"]
-                auth = (credentials.username, credentials.password) if credentials else None
-                response = self._session.get(realm, params=params, auth=auth, timeout=timeout)
-        except requests.exceptions.RequestException as e:
-            raise RegistryError(f"{self.ref.host}: token service {parts.netloc}: {_reason(e)}",
+                url = _with_query(realm, *(("scope", scope) for scope in wanted), *service)  # one scope each
+                headers = {"Authorization": credentials.basic_header()} if credentials else {}
+                response = self._transport.request("GET", url, headers=headers)
+        except TransportError as e:
+            raise RegistryError(f"{self.ref.host}: token service {parts.netloc}: {e.reason}",
                                 code="registry-unreachable") from None
         with response:
-            if response.status_code in (401, 403):
+            if response.status in (401, 403):
                 raise self._denied(response)
-            if response.status_code != 200:
-                raise RegistryError(f"{self.ref.host}: token service {parts.netloc}: HTTP {response.status_code}",
+            if response.status != 200:
+                raise RegistryError(f"{self.ref.host}: token service {parts.netloc}: HTTP {response.status}",
                                     code="registry-error")
             try:
-                doc = response.json()
-            except ValueError:
+                doc = json.loads(response.read(_MAX_ERROR_BODY))
+            except (ValueError, OSError, http.client.HTTPException):
                 doc = None
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
@@ -263,15 +216,15 @@ class RegistryClient:
         self._asked = wanted
         return token
 
-    def _check(self, response: requests.Response, what: str, *ok: int) -> None:
-        if response.status_code in ok:
+    def _check(self, response: Response, what: str, *ok: int) -> None:
+        if response.status in ok:
             return
-        if response.status_code in (401, 403):
+        if response.status in (401, 403):
             raise self._denied(response)
-        raise RegistryError(f"{self.ref.host}: {what}: HTTP {response.status_code}{_error_text(response)}",
+        raise RegistryError(f"{self.ref.host}: {what}: HTTP {response.status}{_error_text(response)}",
                             code="registry-error")
 
-    def _location(self, response: requests.Response) -> str:
+    def _location(self, response: Response) -> str:
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(f"{self.ref.host}: upload session without a Location", code="registry-error")
@@ -292,7 +245,7 @@ class RegistryClient:
         what = f"manifest {self.ref.reference}"
         with self._send("GET", self._url(f"manifests/{self.ref.reference}"),
                         headers={"Accept": MANIFEST_ACCEPT}) as response:
-            if response.status_code == 404:
+            if response.status == 404:
                 raise InputError(f"{self.ref}: no such manifest in {self.ref.host}/{self.ref.repository}"
                                  f"{_error_text(response)}", code="unknown-reference")
             self._check(response, what, 200)
@@ -309,7 +262,7 @@ class RegistryClient:
     def put_manifest(self, data: bytes, tag: str) -> str:
         return self._put_manifest(data, tag, OCI_MANIFEST_MEDIA_TYPE).get("Docker-Content-Digest", "")
 
-    def _put_manifest(self, data: bytes, reference: str, media_type: str) -> Mapping[str, str]:
+    def _put_manifest(self, data: bytes, reference: str, media_type: str) -> http.client.HTTPMessage:
         with self._send("PUT", self._url(f"manifests/{reference}"), headers={"Content-Type": media_type},
                         body=lambda: data) as response:
             self._check(response, f"manifest upload to {reference}", 201)
@@ -327,7 +280,7 @@ class RegistryClient:
         # client does not accept, and something else under the tag must be seen, not replaced.
         accept = f"{INDEX_MEDIA_TYPE}, {MANIFEST_ACCEPT}, application/vnd.docker.distribution.manifest.list.v2+json"
         with self._send("GET", self._url(f"manifests/{tag}"), headers={"Accept": accept}) as response:
-            if response.status_code == 404:
+            if response.status == 404:
                 return None
             self._check(response, what, 200)
             data = bytearray()
@@ -343,7 +296,7 @@ class RegistryClient:
 
     def has_blob(self, desc: Descriptor) -> bool:
         with self._send("HEAD", self._url(f"blobs/{desc.digest}")) as response:
-            if response.status_code == 404:
+            if response.status == 404:
                 return False
             self._check(response, f"blob check of {desc}", 200)
             return True
@@ -358,7 +311,7 @@ class RegistryClient:
             try:
                 with self._send("HEAD", f"{self._base}/v2/{repository}/blobs/{desc.digest}",
                                 scopes=source_scope) as response:
-                    if response.status_code != 200:
+                    if response.status != 200:
                         continue  # not there, or not readable for us: no mount to try
             except RegistryError as e:
                 if e.code != "registry-auth-failed":
@@ -366,9 +319,9 @@ class RegistryClient:
                 # The token service will not let us read the source: upload instead.
                 log.info("push: %s: no mount from %s: %s", desc, repository, e.message)
                 continue
-            url = _with_query(self._url("blobs/uploads/"), mount=desc.digest, **{"from": repository})
+            url = _with_query(self._url("blobs/uploads/"), ("mount", desc.digest), ("from", repository))
             with self._send("POST", url, scopes=source_scope) as response:
-                if response.status_code == 201:
+                if response.status == 201:
                     return repository
                 self._check(response, f"mount of {desc} from {repository}", 202)
                 # Refused (no permission on the source): the registry opened an upload instead.
@@ -407,9 +360,9 @@ class RegistryClient:
             offset += length
             progress(length)
         whole = desc.size <= chunk
-        with self._send("PUT", _with_query(location, digest=desc.digest), headers=headers,
+        with self._send("PUT", _with_query(location, ("digest", desc.digest)), headers=headers,
                         body=(lambda: source(0, desc.size)) if whole else (lambda: b"")) as response:
-            if response.status_code == 400 and "DIGEST_INVALID" in _error_text(response):
+            if response.status == 400 and "DIGEST_INVALID" in _error_text(response):
                 raise VerifyError(f"{self.ref.host}: the registry computed another digest for {desc}",
                                   code="digest-mismatch")
             self._check(response, f"upload of {desc}", 201)
@@ -442,12 +395,12 @@ class RegistryClient:
             if received:
                 headers["Range"] = f"bytes={received}-"
             with self._send("GET", self._url(f"blobs/{desc.digest}"), headers=headers) as response:
-                if response.status_code == 404:
+                if response.status == 404:
                     raise VerifyError(f"{self.ref}: blob {desc} is in the manifest but not in the registry",
                                       code="blob-unknown")
                 self._check(response, f"download of {desc}", 200, 206)
-                skip = received if response.status_code == 200 else 0  # Range ignored: start over, drop the head
-                body = _body(response)
+                skip = received if response.status == 200 else 0  # Range ignored: start over, drop the head
+                body = response.raw
                 try:
                     while True:
                         buffer = pool.take()
@@ -461,7 +414,6 @@ class RegistryClient:
                             left = getattr(body, "length", None)
                             if left:  # http.client returns 0, not IncompleteRead, when the peer hangs up early
                                 raise http.client.IncompleteRead(b"", left)
-                            _keep_alive(response, body)
                             return
                         start = min(skip, n)
                         skip -= start
@@ -478,10 +430,11 @@ class RegistryClient:
                                             code="transfer-interrupted") from None
                     log.info("pull: %s: connection lost at byte %d (%s); resuming", desc.title, received, _reason(e))
 
-    def _chunks(self, response: requests.Response, what: str) -> Iterator[bytes]:
+    def _chunks(self, response: Response, what: str) -> Iterator[bytes]:
         try:
-            yield from response.iter_content(DOWNLOAD_CHUNK)
-        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                yield chunk
+        except _DROPPED as e:
             raise RegistryError(f"{self.ref.host}: {what}: connection lost: {_reason(e)}",
                                 code="transfer-interrupted") from None
 
@@ -492,29 +445,11 @@ def _merged(first: Sequence[str], then: Sequence[str]) -> list[str]:
 
 
 # A body cut short (IncompleteRead), reset, or silent past the read timeout.
-_DROPPED = (OSError, http.client.HTTPException, requests.exceptions.ConnectionError,
-            requests.exceptions.ChunkedEncodingError)
+_DROPPED = (OSError, http.client.HTTPException)
 
 
 class _Readable(Protocol):
     def readinto(self, buffer: memoryview) -> int: ...
-
-
-def _body(response: requests.Response) -> _Readable:
-    """The response body to ``readinto``: http.client's response under urllib3's, which
-    receives straight into the buffer (urllib3's own ``readinto`` reads into a new bytes
-    object and copies it).  Nothing is decoded either way: identity was asked for, and a
-    body in another encoding fails the digest check."""
-    original = getattr(response.raw, "_original_response", None)
-    return original if isinstance(original, http.client.HTTPResponse) else response.raw
-
-
-def _keep_alive(response: requests.Response, body: _Readable) -> None:
-    """A body read to its end under urllib3's nose: hand the connection back to the pool
-    (as reading it through urllib3 would) instead of letting ``close`` drop it, so the
-    next blob needs no new connection (or TLS handshake)."""
-    if isinstance(body, http.client.HTTPResponse) and body.isclosed():
-        response.raw.release_conn()
 
 
 def _fill(body: _Readable, buffer: bytearray) -> int:
@@ -529,18 +464,38 @@ def _fill(body: _Readable, buffer: bytearray) -> int:
     return filled
 
 
-def _with_query(url: str, **params: str) -> str:
+def _with_query(url: str, *params: tuple[str, str]) -> str:
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params)
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _error_text(response: requests.Response) -> str:
+def _raise_unreachable(host: str, e: TransportError) -> NoReturn:
+    if e.kind == "tls":
+        raise RegistryError(f"{host}: TLS: {e.reason}", code="registry-tls",
+                            hint="name the registry's CA with --ca-cert FILE") from None
+    if e.kind == "timeout":
+        raise RegistryError(f"{host}: timed out ({e.reason})", code="registry-timeout") from None
+    raise RegistryError(f"{host}: cannot connect: {e.reason}", code="registry-unreachable") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The cause of a dropped transfer, without addresses or object reprs."""
+    if isinstance(e, http.client.IncompleteRead):
+        return f"connection closed {e.expected} bytes short"
+    if isinstance(e, TimeoutError):
+        return "read timed out"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return type(e).__name__
+
+
+def _error_text(response: Response) -> str:
     """``: CODE: message`` from a distribution error body, if there is one."""
     try:
-        raw = response.raw.read(_MAX_ERROR_BODY, decode_content=True)
+        raw = response.read(_MAX_ERROR_BODY)
         doc = json.loads(raw or b"null")
-    except (ValueError, OSError, requests.exceptions.RequestException):
+    except (ValueError, OSError, http.client.HTTPException):
         return ""
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if not isinstance(errors, list):

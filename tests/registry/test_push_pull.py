@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 from mkimage.registry.artifact import ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, PROVENANCE_MEDIA_TYPE, TITLE
@@ -128,6 +130,20 @@ def test_registry_down_is_one_line_exit_1(tmp_path: Path, trust: Path, bundles: 
     assert not out.exists()
     line = one_error_line(mkspawn("push", bundles["demo"], f"127.0.0.1:{port}/spawns/demo:1", "--insecure"), 1)
     assert line.endswith("[registry-unreachable]")
+
+
+def test_a_registry_that_never_answers_times_out(tmp_path: Path, trust: Path) -> None:
+    """Connected (the kernel's backlog accepts) but never answered: --timeout is the time
+    allowed between bytes, and it ends the pull with one line."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        out = tmp_path / "x.mkb"
+        started = time.monotonic()
+        line = one_error_line(mkspawn("pull", f"{host}/spawns/demo:1", "-o", out, "--trust", trust, "--insecure",
+                                      "--timeout", "1"), 1)
+        assert time.monotonic() - started < 30
+    assert line == f"mkspawn: error: {host}: timed out (read timed out) [registry-timeout]"
+    assert not out.exists()
 
 
 def test_plain_http_only_for_loopback_unless_named(tmp_path: Path, trust: Path) -> None:
