@@ -220,7 +220,7 @@ class CcacheFigures:
     misses: int = 0  # compiled
     rejected: int = 0  # read from the remote cache but refused (checksum, format): compiled again
     remote_errors: int = 0
-    uncacheable: int = 0  # calls ccache passed straight to the compiler (links, -E, unsupported options)
+    uncacheable: int = 0  # compiler probes, and calls ccache passed straight on (links, -E, unsupported options)
 
     @property
     def compiles(self) -> int:
@@ -239,17 +239,21 @@ _HIT = frozenset({"direct_cache_hit", "preprocessed_cache_hit"})
 
 def read_stats_log(path: Path) -> CcacheFigures:
     """Figures from a ccache stats log: one ``# file`` line per call, then the counters
-    it incremented."""
+    it incremented.  kbuild's compiler-option probes (``-c -x c /dev/null``) are not
+    objects and are counted as uncacheable calls."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return CcacheFigures()
     counts: Counter[str] = Counter()
-    for record in re.split(r"^# .*$", text, flags=re.MULTILINE):
-        ids = set(record.split())
-        if not ids:
+    for record in re.split(r"^(?=# )", text, flags=re.MULTILINE):
+        header, _, body = record.partition("\n")
+        ids = set(body.split())
+        if not header.startswith("# ") or not ids:
             continue
-        if ids & _HIT:
+        if header == "# /dev/null":
+            counts["uncacheable"] += 1
+        elif ids & _HIT:
             counts["remote_hits" if "remote_storage_hit" in ids and "local_storage_hit" not in ids
                    else "local_hits"] += 1
         elif "cache_miss" in ids:

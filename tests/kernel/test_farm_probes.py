@@ -146,10 +146,14 @@ def test_figures_from_real_ccache_and_redis(redis: Redis, tmp_path: Path) -> Non
                 value = bytearray(redis.command("GET", key))  # type: ignore[arg-type]
                 value[len(value) // 2] ^= 0xFF
                 redis.command("SET", key, bytes(value))
-        compile_all(work, {**base, "CCACHE_DIR": str(ccache_dir), "CCACHE_STATSLOG": str(work / STATS_LOG_NAME)})
+        env = {**base, "CCACHE_DIR": str(ccache_dir), "CCACHE_STATSLOG": str(work / STATS_LOG_NAME)}
+        compile_all(work, env)
+        if name == "cold":  # a kbuild compiler-option probe: a call, not an object
+            subprocess.run(["ccache", "gcc", "-Werror", "-c", "-x", "c", "/dev/null", "-o", "probe.o"], cwd=work,
+                           check=True, env={"PATH": os.environ["PATH"], **env})
         runs[name] = read_stats_log(work / STATS_LOG_NAME)
     n = len(SOURCES)
-    assert (runs["cold"].misses, runs["cold"].compiles) == (n, n)
+    assert (runs["cold"].misses, runs["cold"].compiles, runs["cold"].uncacheable) == (n, n, 1)
     assert (runs["remote"].remote_hits, runs["remote"].local_hits) == (n, 0)
     assert (runs["local"].local_hits, runs["local"].remote_hits) == (n, 0)
     assert (runs["corrupt"].misses, runs["corrupt"].rejected, runs["corrupt"].remote_hits) == (n, n, 0)
