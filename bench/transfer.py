@@ -80,6 +80,7 @@ def main() -> None:
     for tool in ("curl", "docker-registry", "openssl"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is required")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR", "/var/tmp")) as tmp:
         work = Path(tmp)
         kernel = work / "bzImage"
@@ -114,6 +115,8 @@ def main() -> None:
 
     print(f"bundle: {mb:.0f} MB (kernel blob {blob['size'] / 1e6:.0f} MB), median of {RUNS} interleaved rounds, "
           "docker-registry on 127.0.0.1 over plain HTTP")
+    # The machine may be shared: the ratios hold up under load better than the seconds do.
+    print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after, {os.cpu_count()} CPUs")
     print(f"mkspawn push: {t_push:.3f} s  {mb / t_push:.0f} MB/s")
     print(f"curl PUT:     {t_curl_put:.3f} s  {mb / t_curl_put:.0f} MB/s")
     print(f"mkspawn pull: {t_pull:.3f} s  {mb / t_pull:.0f} MB/s  (signature first, one sha256 per blob, fsync)")
