@@ -154,7 +154,7 @@ def cache_key(early: Sequence[CpioEntry], main: Sequence[CpioEntry], compression
                 data = "sha256:" + hashlib.sha256(e.data).hexdigest()
             elif isinstance(e.data, HostFile):
                 try:
-                    data = stat_key("file", e.data.path) + f"|{e.data.size}"
+                    data = stat_key("file", Path(e.data.path)) + f"|{e.data.size}"
                 except OSError:
                     return None  # the build itself reports it, against its recipe key
             else:

@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mkimage.assets import asset_path
 from mkimage.errors import FormatError, shown_path
 from mkimage.initramfs.elf import LibraryResolver, check_machine, elf_identity
 from mkimage.initramfs.newc import CpioEntry, EntryKind, Reader, archive_name, show_name
 from mkimage.recipe.locations import key_error, parse_key
 from mkimage.recipe.targets import Arch
-from mkimage.run import run
 
-if TYPE_CHECKING:  # packing a tree needs no recipe model (bench/initramfs.py's child)
+# Packing a tree (bench/initramfs.py's child) needs no recipe model, child processes or
+# shipped assets: those are imported where a recipe's userland is laid out.
+if TYPE_CHECKING:
     from mkimage.recipe.model import InitramfsSpec
 
 BUSYBOX = Path("/bin/busybox")  # Debian busybox-static: no libraries to chase
@@ -44,9 +44,11 @@ _HASH_CHUNK = 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class HostFile:
     """A host file packed by the writer.  With ``digests`` set, its sha256 is recorded
-    there while it streams (at the cost of the in-kernel copy fast path)."""
+    there while it streams (at the cost of the in-kernel copy fast path).  ``path`` is a
+    str: a tree's thousands of files would spend more on building Path objects than on
+    packing their headers."""
 
-    path: Path
+    path: str
     size: int
     key: str = field(compare=False)
     digests: dict[str, str] | None = field(default=None, compare=False, repr=False)
@@ -56,7 +58,7 @@ class HostFile:
             raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 - the writer closes it
         except OSError as e:
             raise key_error(self.key, f"{self.path}: {e.strerror}", code="unreadable") from e
-        return raw if self.digests is None else _Digesting(raw, str(self.path), self.digests)
+        return raw if self.digests is None else _Digesting(raw, self.path, self.digests)
 
 
 class _Digesting:
@@ -88,7 +90,7 @@ def host_file(path: Path, key: str, digests: dict[str, str] | None, *, name: byt
     if not stat.S_ISREG(st.st_mode):
         raise key_error(key, f"{shown_path(path)} is not a regular file", code="not-a-file")
     bits = stat.S_IMODE(st.st_mode) if mode is None else mode
-    return CpioEntry.file(name, HostFile(path, st.st_size, key, digests), mode=bits, mtime=int(st.st_mtime))
+    return CpioEntry.file(name, HostFile(str(path), st.st_size, key, digests), mode=bits, mtime=int(st.st_mtime))
 
 
 def tree_entries(src: Path, dst: str, key: str, digests: dict[str, str] | None) -> Iterator[CpioEntry]:
@@ -134,7 +136,7 @@ def _tree_entry(child: os.DirEntry[bytes], name: bytes, key: str, digests: dict[
             first = first_name.setdefault((st.st_dev, st.st_ino), name)
             if first != name:
                 return CpioEntry.hardlink(name, first)
-        source = HostFile(Path(os.fsdecode(child.path)), st.st_size, key, digests)
+        source = HostFile(os.fsdecode(child.path), st.st_size, key, digests)
         return CpioEntry.file(name, source, mode=mode, mtime=mtime)
     if stat.S_ISLNK(st.st_mode):
         return CpioEntry.symlink(name, target, mtime=mtime)
@@ -245,6 +247,8 @@ def layout_userland(spec: InitramfsSpec, digests: dict[str, str] | None,
 
 
 def _add_busybox(layout: Layout, digests: dict[str, str] | None) -> str:
+    from mkimage.run import run
+
     key = "initramfs.busybox"
     layout.add(host_file(BUSYBOX, key, digests, name=b"bin/busybox", mode=0o755), key)
     listing = run([BUSYBOX, "--list-full"], stage="initramfs", timeout_s=30).stdout
@@ -259,6 +263,8 @@ def _add_init(layout: Layout, spec: InitramfsSpec, digests: dict[str, str] | Non
     if spec.init is None and not spec.busybox:
         raise key_error("initramfs.busybox", "false, but the default init is a busybox script; set "
                         "initramfs.init to your own program", code="no-init")
+    from mkimage.assets import asset_path
+
     source, key = ((spec.init, "initramfs.init") if spec.init is not None
                    else (asset_path(DEFAULT_INIT), "initramfs (default init)"))
     layout.add(host_file(source, key, digests, name=b"init", mode=0o755), key)
