@@ -109,10 +109,12 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, verify: str 
 
 @contextlib.contextmanager
 def running_registry(directory: Path, *, tls: bool, htpasswd: Path | None = None,
-                     auth: Mapping[str, object] | None = None) -> Iterator[Registry]:
+                     auth: Mapping[str, object] | None = None,
+                     middleware: Mapping[str, object] | None = None) -> Iterator[Registry]:
     """docker-registry with our own config file (Debian's packaged service is not used).
-    ``auth`` is the config's ``auth`` section; with ``tls``, a CA already written into
-    ``directory`` by ``write_ca`` (say for a token service beside it) is used."""
+    ``auth`` is the config's ``auth`` section, ``middleware`` its ``middleware`` section;
+    with ``tls``, a CA already written into ``directory`` by ``write_ca`` (say for a token
+    service beside it) is used."""
     binary = shutil.which("docker-registry")
     if binary is None:
         missing("docker-registry is not installed (Debian package docker-registry)")
@@ -133,6 +135,8 @@ def running_registry(directory: Path, *, tls: bool, htpasswd: Path | None = None
         config["auth"] = {"htpasswd": {"realm": "mkspawn-test", "path": str(htpasswd)}}
     if auth is not None:
         config["auth"] = dict(auth)
+    if middleware is not None:
+        config["middleware"] = dict(middleware)
     config_path = directory / "config.yml"
     config_path.write_text(json.dumps(config))  # YAML is a superset of JSON
     log = directory / "registry.log"
