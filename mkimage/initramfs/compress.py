@@ -10,7 +10,6 @@ fixed so output depends only on the input bytes and the library versions, which
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gzip
 import lzma
 import re
@@ -202,7 +201,10 @@ def compressor_versions(compression: Compression) -> dict[str, str]:
 
 
 def _liblzma_version() -> str:
-    # The stdlib lzma module exposes no version; ask the library it links against.
+    # The stdlib lzma module exposes no version; ask the library it links against (ctypes
+    # only here: xz builds alone pay for its import).
+    import ctypes
+
     try:
         lib = ctypes.CDLL("liblzma.so.5")
     except OSError:
