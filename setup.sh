@@ -19,6 +19,8 @@ APT_PACKAGES=(
   redis-server distcc
   # OCI registry (distribution) and an independent client for the push/pull tests
   docker-registry apache2-utils skopeo curl
+  # an HTTP proxy (CONNECT and plain) for the push/pull-through-a-proxy tests
+  tinyproxy
   # python
   python3 python3-venv python3-pip
   git patch tar
@@ -35,6 +37,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The tests start their own tinyproxy on a random port; the packaged service is not ours.
+if [ -d /run/systemd/system ]; then as_root systemctl disable --now tinyproxy >/dev/null 2>&1 || true; fi
 
 # Debian's own python3 (/usr/bin/python3), so the venv matches the packages above.
 if [ ! -x .venv/bin/python ]; then

@@ -30,6 +30,7 @@ from mkimage import __version__
 from mkimage.errors import InputError, RegistryError, UsageError, VerifyError
 from mkimage.registry.artifact import INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE, Descriptor
 from mkimage.registry.auth import Challenge, Credentials, auth_files, find_credentials, parse_challenge
+from mkimage.registry.proxy import proxies_from_env
 from mkimage.registry.reference import RegistryRef, is_loopback
 from mkimage.registry.streams import BufferPool
 from mkimage.registry.transport import Body, Response, Transport, TransportError, TransportOptions
@@ -89,11 +90,11 @@ class RegistryClient:
         self.ref = ref
         self.options = options
         self._base = f"{'http' if options.insecure else 'https'}://{ref.host}"
-        # No proxies or ~/.netrc credentials slipped in from the environment, unseen.
+        # Proxies from the caller's environment as curl reads them; no ~/.netrc credentials.
         self._transport = Transport(TransportOptions(
             tls=_tls_context(options.ca_cert) if not options.insecure else ssl.create_default_context(),
             connect_timeout_s=options.connect_timeout_s, timeout_s=options.timeout_s,
-            user_agent=f"mkspawn/{__version__}"))
+            user_agent=f"mkspawn/{__version__}", proxies=proxies_from_env(options.env)))
         # Looked up on the first challenge: an anonymous registry never runs a credential helper.
         self._credentials: Credentials | None = None
         self._looked_up = False

@@ -7,22 +7,34 @@ here: keep-alive connections per origin (thread-safe, so an upload beside anothe
 its own), a connect timeout and a timeout between bytes, a fresh connection when a kept
 one turns out closed, and redirects of GET and HEAD (registries send blob downloads to
 a storage URL) without the Authorization header once the origin changes.
+
+HTTP proxies from the environment (``proxy.py``): an https URL goes through a CONNECT
+tunnel, TLS inside it verified against the registry's own name; a plain-HTTP URL is sent
+to the proxy in absolute form.  Each URL, a redirect target too, is judged against
+NO_PROXY on its own.  Proxy credentials go in Proxy-Authorization to the proxy only
+(in the CONNECT, never inside the tunnel) and appear in messages as ``user:***``.
 """
 
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from mkimage.registry.proxy import Proxy, ProxyConfig
+
+log = logging.getLogger("mkspawn")
 
 MAX_REDIRECTS = 5
 SEND_BLOCK = 1 << 20  # request bodies go to the socket in 1 MiB blocks, not http.client's 8 KiB
 _DRAIN_LIMIT = 64 << 10  # an unread body up to this size is read so its connection can be kept
+_TUNNEL_REFUSED = "Tunnel connection failed: "  # how http.client's set_tunnel reports a non-200 CONNECT
 
 
 class Body(Protocol):
@@ -87,6 +99,7 @@ class TransportOptions:
     connect_timeout_s: float
     timeout_s: float  # between bytes
     user_agent: str
+    proxies: ProxyConfig = ProxyConfig()  # none unless the caller's environment names one
 
 
 class Transport:
@@ -94,6 +107,7 @@ class Transport:
         self._options = options
         self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
+        self._announced: set[_Origin] = set()
 
     def close(self) -> None:
         with self._lock:
@@ -124,11 +138,17 @@ class Transport:
               body: Callable[[], Body | bytes | None] | None) -> Response:
         origin = _origin(url)
         parts = urlsplit(url)
+        proxy = self._options.proxies.for_url(parts.scheme, parts.hostname or "", parts.port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        forwarded = proxy is not None and parts.scheme == "http"
+        if forwarded:
+            path = urlunsplit(parts._replace(path=parts.path or "/", fragment=""))  # absolute form, for the proxy
         while True:
-            connection, reused = self._connection(origin)
+            connection, reused = self._connection(origin, proxy)
             data = body() if body is not None else None
             sent = dict(headers)
+            if forwarded and proxy is not None and proxy.authorization is not None:
+                sent["Proxy-Authorization"] = proxy.authorization
             if data is not None and not isinstance(data, bytes):
                 sent["Content-Length"] = str(len(data))
             try:
@@ -151,19 +171,35 @@ class Transport:
             except (OSError, http.client.HTTPException) as e:
                 connection.close()
                 raise TransportError("connect", _reason(e)) from None
+            if forwarded and raw.status == 407 and proxy is not None:
+                # Only a proxy answers 407; the registry never saw the request.
+                answer = f"{raw.status} {raw.reason}".strip()
+                raw.close()
+                connection.close()
+                raise TransportError("connect", f"proxy {proxy.shown} refused the request: {answer}")
             return Response(raw, connection, lambda c: self._keep(origin, c))
 
-    def _connection(self, origin: _Origin) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, origin: _Origin, proxy: Proxy | None) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
             idle = self._idle.get(origin)
             if idle:
                 return idle.pop(), True
         scheme, netloc = origin
         options = self._options
-        connection = (http.client.HTTPSConnection(netloc, timeout=options.connect_timeout_s, context=options.tls,
+        # Through a proxy the socket goes to the proxy; an https origin is then tunnelled
+        # (CONNECT) and TLS inside the tunnel checks the registry's name, not the proxy's.
+        address = proxy.netloc if proxy is not None else netloc
+        connection = (http.client.HTTPSConnection(address, timeout=options.connect_timeout_s, context=options.tls,
                                                   blocksize=SEND_BLOCK)
                       if scheme == "https" else
-                      http.client.HTTPConnection(netloc, timeout=options.connect_timeout_s, blocksize=SEND_BLOCK))
+                      http.client.HTTPConnection(address, timeout=options.connect_timeout_s, blocksize=SEND_BLOCK))
+        if proxy is not None:
+            self._announce(origin, proxy)
+            if scheme == "https":
+                target = urlsplit(f"https://{netloc}")
+                connection.set_tunnel(target.hostname or "", target.port or 443,
+                                      headers={"Proxy-Authorization": proxy.authorization}
+                                      if proxy.authorization is not None else None)
         try:
             connection.connect()
         except ssl.SSLCertVerificationError as e:
@@ -174,14 +210,27 @@ class Transport:
             raise TransportError("tls", e.reason or _reason(e)) from None
         except TimeoutError:
             connection.close()
-            raise TransportError("timeout", "connect timed out") from None
+            via = f" through proxy {proxy.shown}" if proxy is not None else ""
+            raise TransportError("timeout", f"connect{via} timed out") from None
         except OSError as e:
             connection.close()
-            raise TransportError("connect", _reason(e)) from None
+            if proxy is None:
+                raise TransportError("connect", _reason(e)) from None
+            if not e.errno and str(e).startswith(_TUNNEL_REFUSED):  # the proxy's answer to CONNECT, e.g. 407
+                answer = str(e).removeprefix(_TUNNEL_REFUSED)
+                raise TransportError("connect", f"proxy {proxy.shown} refused the tunnel: {answer}") from None
+            raise TransportError("connect", f"proxy {proxy.shown}: {_reason(e)}") from None
         assert connection.sock is not None
         connection.sock.settimeout(options.timeout_s)  # from now on: between bytes
         connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection, False
+
+    def _announce(self, origin: _Origin, proxy: Proxy) -> None:
+        with self._lock:
+            if origin in self._announced:
+                return
+            self._announced.add(origin)
+        log.info("%s://%s through proxy %s", *origin, proxy.shown)
 
     def _keep(self, origin: _Origin, connection: http.client.HTTPConnection) -> None:
         with self._lock:

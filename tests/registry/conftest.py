@@ -232,3 +232,90 @@ def trust(tmp_path: Path) -> Path:
     d.mkdir()
     shutil.copy(KEYS / "test-ed25519.pub.pem", d)
     return d
+
+
+# --- an HTTP proxy ----------------------------------------------------------------------
+
+PROXY_USER = "proxy-user"
+PROXY_PASSWORD = "Pr0xy-pass-not-in-logs"
+
+
+@dataclass(frozen=True)
+class HttpProxy:
+    """Debian's tinyproxy on 127.0.0.1: CONNECT only to ``connect_ports``, Basic auth if asked."""
+
+    port: int
+    log: Path
+    auth: bool
+
+    def url(self, password: str = PROXY_PASSWORD) -> str:
+        return f"http://{PROXY_USER}:{password}@127.0.0.1:{self.port}" if self.auth else f"http://127.0.0.1:{self.port}"
+
+    def offset(self) -> int:
+        """Where its log ends now: ``requests(since=…)`` then shows one test's traffic only."""
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def requests(self, since: int = 0) -> list[str]:
+        """The request lines it received ("CONNECT 127.0.0.1:5000 HTTP/1.0", "GET http://…")."""
+        marker = "Request (file descriptor "
+        with self.log.open("rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        return [line.split("): ", 1)[1] for line in lines if marker in line and "): " in line]
+
+
+@contextlib.contextmanager
+def running_proxy(directory: Path, connect_ports: list[int], *, auth: bool = False) -> Iterator[HttpProxy]:
+    """tinyproxy with our own config file in the foreground (the packaged service is not used)."""
+    binary = shutil.which("tinyproxy")
+    if binary is None:
+        missing("tinyproxy is not installed (Debian package tinyproxy)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = directory / "tinyproxy.log"
+    lines = [f"Port {port}", "Listen 127.0.0.1", "Timeout 60", f'LogFile "{log}"', "LogLevel Connect",
+             "MaxClients 50", "Allow 127.0.0.1", "DisableViaHeader Yes",
+             # CONNECT is refused (403) to any port not listed, as tinyproxy's packaged config does for all but 443.
+             *(f"ConnectPort {p}" for p in connect_ports)]
+    if auth:
+        lines.append(f"BasicAuth {PROXY_USER} {PROXY_PASSWORD}")
+    config = directory / "tinyproxy.conf"
+    config.write_text("\n".join(lines) + "\n")
+    with (directory / "tinyproxy.out").open("wb") as out:
+        proc = subprocess.Popen([binary, "-d", "-c", str(config)], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"tinyproxy exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"tinyproxy did not listen on {port} within {READY_TIMEOUT_S}s")
+            time.sleep(0.05)  # polling a port that is not open yet; there is no console marker to wait for
+        yield HttpProxy(port, log, auth)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def registry_port(registry: Registry) -> int:
+    return int(registry.host.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def http_proxy(tmp_path_factory: pytest.TempPathFactory, tls_registry: Registry) -> Iterator[HttpProxy]:
+    with running_proxy(tmp_path_factory.mktemp("proxy"), [registry_port(tls_registry)]) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def auth_proxy(tmp_path_factory: pytest.TempPathFactory, tls_registry: Registry) -> Iterator[HttpProxy]:
+    with running_proxy(tmp_path_factory.mktemp("auth-proxy"), [registry_port(tls_registry)], auth=True) as proxy:
+        yield proxy
