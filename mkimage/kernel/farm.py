@@ -15,7 +15,6 @@ cache key, the bundle's provenance or any bundle byte.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import re
 import shutil
@@ -23,7 +22,6 @@ import socket
 from base64 import b64encode
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -94,6 +92,8 @@ def _resp(*words: str) -> bytes:
 
 
 def _probe_http(remote: RemoteCache, timeout_s: float) -> str | None:
+    import http.client  # here: every kernel build imports this module, few probe HTTP
+
     assert remote.host is not None and remote.port is not None
     headers = {}
     if remote.username is not None or remote.password is not None:
@@ -131,6 +131,8 @@ def probe_host(host: DistccHost, timeout_s: float = PROBE_TIMEOUT_S) -> str | No
 def probe_hosts(hosts: Sequence[DistccHost], timeout_s: float = PROBE_TIMEOUT_S) -> list[str | None]:
     if not hosts:
         return []
+    from concurrent.futures import ThreadPoolExecutor  # only a build with distcc hosts needs it
+
     with ThreadPoolExecutor(max_workers=min(len(hosts), 16)) as pool:
         return list(pool.map(lambda h: probe_host(h, timeout_s), hosts))
 
