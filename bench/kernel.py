@@ -24,20 +24,17 @@ import argparse
 import functools
 import logging
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timing import Timing, timed  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.build import build_kernel, kbuild_env  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.cache import KernelCache  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.patches import patched_tree, read_series  # noqa: E402 - after the sys.path line above
@@ -46,23 +43,6 @@ from mkimage.recipe.load import load_recipe  # noqa: E402 - after the sys.path l
 from mkimage.recipe.model import KernelSpec  # noqa: E402 - after the sys.path line above
 
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mkspawn"
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    wall_s: float
-    cpu_s: float  # user+sys of this process and its children: robust to a busy machine
-
-
-def _cpu() -> float:
-    self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def timed(fn: Callable[[], object]) -> Timing:
-    start, cpu = time.monotonic(), _cpu()
-    fn()
-    return Timing(time.monotonic() - start, _cpu() - cpu)
 
 
 def plain_make(spec: KernelSpec, tree: Path, build_dir: Path, jobs: int) -> Timing:

@@ -23,20 +23,19 @@ import contextlib
 import functools
 import logging
 import os
-import resource
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timing import Timing, timed  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.build import build_kernel  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.cache import KernelCache  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.farm import STATS_LOG_NAME, read_stats_log  # noqa: E402 - after the sys.path line above
@@ -46,23 +45,6 @@ from mkimage.recipe.model import KernelSpec  # noqa: E402 - after the sys.path l
 from mkimage.recipe.userconfig import BuildSettings  # noqa: E402 - after the sys.path line above
 
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mkspawn"
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    wall_s: float
-    cpu_s: float  # user+sys of this process and its children: robust to a busy machine
-
-
-def _cpu() -> float:
-    self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def timed(fn: Callable[[], object]) -> Timing:
-    start, cpu = time.monotonic(), _cpu()
-    fn()
-    return Timing(time.monotonic() - start, _cpu() - cpu)
 
 
 def free_port() -> int:
