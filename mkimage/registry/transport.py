@@ -159,12 +159,9 @@ class Transport:
                 if reused:
                     continue  # a kept connection the server had closed: once more on a new one
                 raise TransportError("connect", _reason(e)) from None
-            except ssl.SSLCertVerificationError as e:
-                connection.close()
-                raise TransportError("tls", e.verify_message or _reason(e)) from None
             except ssl.SSLError as e:
                 connection.close()
-                raise TransportError("tls", e.reason or _reason(e)) from None
+                raise _tls_failure(e) from None
             except TimeoutError:
                 connection.close()
                 raise TransportError("timeout", "read timed out") from None
@@ -202,12 +199,9 @@ class Transport:
                                       if proxy.authorization is not None else None)
         try:
             connection.connect()
-        except ssl.SSLCertVerificationError as e:
-            connection.close()
-            raise TransportError("tls", e.verify_message or _reason(e)) from None
         except ssl.SSLError as e:
             connection.close()
-            raise TransportError("tls", e.reason or _reason(e)) from None
+            raise _tls_failure(e) from None
         except TimeoutError:
             connection.close()
             via = f" through proxy {proxy.shown}" if proxy is not None else ""
@@ -240,6 +234,12 @@ class Transport:
 def _origin(url: str) -> _Origin:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc
+
+
+def _tls_failure(e: ssl.SSLError) -> TransportError:
+    # A failed certificate check says why in verify_message; other TLS errors in reason.
+    detail = e.verify_message if isinstance(e, ssl.SSLCertVerificationError) else e.reason
+    return TransportError("tls", detail or _reason(e))
 
 
 def _reason(e: BaseException) -> str:
