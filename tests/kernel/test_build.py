@@ -55,12 +55,13 @@ def test_minimal_recipe_builds_a_patched_612_kernel(minimal: KernelBuild) -> Non
     assert kernel_release(minimal.image.read_bytes()) == minimal.release
     assert MARKER in minimal.vmlinux.read_bytes(), "our patch must be compiled in"
     config = minimal.config.read_text()
-    for line in ("CONFIG_64BIT=y", "CONFIG_KEXEC_FILE=y", "CONFIG_IKCONFIG_PROC=y", "CONFIG_RD_ZSTD=y"):
+    for line in ("CONFIG_64BIT=y", "CONFIG_KEXEC_FILE=y", "CONFIG_IKCONFIG_PROC=y", "CONFIG_RD_ZSTD=y",
+                 "# CONFIG_VT is not set", "# CONFIG_INPUT is not set"):  # the headless fragment held
         assert line in config.splitlines()
     assert embedded_config(minimal.image.read_bytes()).text == config, "IKCONFIG carries the final .config"
     assert minimal.system_map.read_text().count(" T start_kernel") == 1
     kinds = [kind for kind, _, _ in minimal.inputs]
-    assert kinds == ["source", "patch", "config-fragment"]
+    assert kinds == ["source", "patch", "config-fragment", "config-fragment"]  # spawn-minimal, spawn-headless
     assert all(len(digest) == 64 for _, _, digest in minimal.inputs)
     assert set(minimal.tools) >= {"make", "gcc", "ld"}
     assert minimal.image.is_relative_to(CACHE_ROOT)
