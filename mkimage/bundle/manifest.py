@@ -126,7 +126,7 @@ class Component:
         sha256 = take_str(d, "sha256", where)
         media_type = take_str(d, "media_type", where)
         reject_unknown(d, where)
-        return _construct(
+        return construct_checked(
             lambda: cls(role=role, path=path, size=size, sha256=sha256, media_type=media_type),
             where,
         )
@@ -161,7 +161,7 @@ class Input:
         name = take_str(d, "name", where)
         sha256 = take_str(d, "sha256", where)
         reject_unknown(d, where)
-        return _construct(lambda: cls(kind=kind, name=name, sha256=sha256), where)
+        return construct_checked(lambda: cls(kind=kind, name=name, sha256=sha256), where)
 
     def to_dict(self) -> JsonObject:
         return {"kind": self.kind.value, "name": self.name, "sha256": self.sha256}
@@ -204,7 +204,7 @@ class Provenance:
         )
         config_sha256 = take_str(d, "config_sha256", where)
         reject_unknown(d, where)
-        return _construct(
+        return construct_checked(
             lambda: cls(
                 source_date_epoch=source_date_epoch,
                 mkspawn_version=mkspawn_version,
@@ -323,7 +323,7 @@ class Manifest:
             take_object(d, "provenance", where), where=f"{where}provenance."
         )
         reject_unknown(d, where)
-        return _construct(
+        return construct_checked(
             lambda: cls(
                 format_version=format_version,
                 recipe_name=recipe_name,
@@ -392,7 +392,7 @@ class Signature:
         scheme = take_enum(d, "scheme", SignatureScheme, where)
         sig = take_str(d, "sig", where)
         reject_unknown(d, where)
-        return _construct(lambda: cls(keyid=keyid, scheme=scheme, sig=sig), where)
+        return construct_checked(lambda: cls(keyid=keyid, scheme=scheme, sig=sig), where)
 
     def to_dict(self) -> JsonObject:
         return {
@@ -443,7 +443,7 @@ def _check_nonempty(field: str, value: str) -> None:
         raise ValueError(f"{field}: observed an empty string, expected a non-empty one")
 
 
-def _construct(make: Callable[[], _T], where: str) -> _T:
+def construct_checked(make: Callable[[], _T], where: str) -> _T:
     try:
         return make()
     except ValueError as e:

@@ -28,10 +28,9 @@ from mkimage.bundle.canon import (
     take_str,
     take_type_tag,
 )
-from mkimage.bundle.manifest import AbiProfile, Signature, _construct, version_key
+from mkimage.bundle.manifest import AbiProfile, Signature, construct_checked, version_key
 from mkimage.bundle.tarball import MAX_SIZE, name_problem
-from mkimage.bundle.verify import SignatureReport
-from mkimage.bundle.verify import _check_signature as check_signature
+from mkimage.bundle.verify import SignatureReport, check_signature
 from mkimage.errors import FormatError
 from mkimage.signing.trust import TrustStore
 
@@ -73,7 +72,7 @@ class FileRef:
         d = dict(data)
         path, size, sha256 = take_str(d, "path", where), take_int(d, "size", where), take_str(d, "sha256", where)
         reject_unknown(d, where)
-        return _construct(lambda: cls(path, size, sha256), where)
+        return construct_checked(lambda: cls(path, size, sha256), where)
 
     def to_dict(self) -> JsonObject:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
@@ -130,7 +129,7 @@ class SpawnEntry:
             bundle=FileRef.from_dict(take_object(d, "bundle", where), where=f"{where}bundle."),
         )
         reject_unknown(d, where)
-        return _construct(lambda: cls(**fields), where)  # type: ignore[arg-type]
+        return construct_checked(lambda: cls(**fields), where)  # type: ignore[arg-type]
 
     def to_dict(self) -> JsonObject:
         return {
@@ -195,7 +194,7 @@ class SystemManifest:
         spawns = tuple(SpawnEntry.from_dict(expect_object(item, f"{where}spawns[{i}]"), where=f"{where}spawns[{i}].")
                        for i, item in enumerate(take_list(d, "spawns", where)))
         reject_unknown(d, where)
-        return _construct(lambda: cls(format_version, name, version, abi_profile, baseline, spawns), where)
+        return construct_checked(lambda: cls(format_version, name, version, abi_profile, baseline, spawns), where)
 
     def to_dict(self) -> JsonObject:
         spawns: list[JsonValue] = [s.to_dict() for s in self.spawns]

@@ -153,7 +153,7 @@ def opened_bundle(path: Path, check_head: HeadCheck | None = None, *,
         yield f, contents
 
 
-def _check_signature(raw_sig: Signature, manifest_bytes: bytes, trust: TrustStore) -> SignatureReport:
+def check_signature(raw_sig: Signature, manifest_bytes: bytes, trust: TrustStore) -> SignatureReport:
     trusted = trust.get(raw_sig.keyid)
     if trusted is None:
         return SignatureReport(raw_sig.keyid, str(raw_sig.scheme), SigStatus.UNTRUSTED, None)
@@ -163,7 +163,7 @@ def _check_signature(raw_sig: Signature, manifest_bytes: bytes, trust: TrustStor
 
 
 def check_signatures(head: BundleHead, trust: TrustStore) -> tuple[SignatureReport, ...]:
-    return tuple(_check_signature(s, head.manifest_bytes, trust) for _, s in head.signatures)
+    return tuple(check_signature(s, head.manifest_bytes, trust) for _, s in head.signatures)
 
 
 def _member(f: BinaryIO, contents: BundleContents, role: Role) -> bytes | None:

@@ -109,17 +109,17 @@ def render_markdown() -> str:
             continue
         parts.append("| key | type | default | description |\n|---|---|---|---|\n")
         for row in rows:
-            parts.append(_row_line(row))
-            parts.extend(_row_line(sub) for sub in _item_rows(row))
+            parts.append(row_line(row))
+            parts.extend(row_line(sub) for sub in item_rows(row))
     return "".join(parts)
 
 
-def _row_line(row: SettingRow) -> str:
+def row_line(row: SettingRow) -> str:
     help_text = row.setting.help + (f" Example: `{row.setting.example}`." if row.setting.example else "")
     return f"| `{row.key}` | {_cell(row.type_text)} | {_default_text(row)} | {_cell(help_text)} |\n"
 
 
-def _item_rows(row: SettingRow) -> list[SettingRow]:
+def item_rows(row: SettingRow) -> list[SettingRow]:
     """The keys of a setting's own tables: `files[].mode`, `devices.<name>.pci`, `source.url`."""
     tp, key = optional_inner(row.type) or row.type, row.key
     if typing.get_origin(tp) is list:
@@ -128,7 +128,7 @@ def _item_rows(row: SettingRow) -> list[SettingRow]:
         tp, key = typing.get_args(tp)[1], f"{key}.<name>"
     if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
         return []
-    return [sub for item in iter_rows(tp, f"{key}.") for sub in (item, *_item_rows(item))]
+    return [sub for item in iter_rows(tp, f"{key}.") for sub in (item, *item_rows(item))]
 
 
 def schema() -> dict[str, Any]:

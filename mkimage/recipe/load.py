@@ -53,7 +53,7 @@ def is_uri(value: str) -> bool:
 
 # ---- reading and merging --------------------------------------------------------------
 
-def _read_file(path: Path, sources: Sources) -> tuple[dict[str, Any], Locs]:
+def read_toml_file(path: Path, sources: Sources) -> tuple[dict[str, Any], Locs]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -94,9 +94,9 @@ def _merge(base: dict[str, Any], base_locs: Locs, top: dict[str, Any], top_locs:
         base_locs.update({p: loc for p, loc in top_locs.items() if p[: len(path)] == path})
 
 
-def _load_tree(path: Path, sources: Sources, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locs]:
+def load_tree(path: Path, sources: Sources, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locs]:
     path = Path(os.path.abspath(path))
-    data, locs = _read_file(path, sources)
+    data, locs = read_toml_file(path, sources)
     extends = data.pop(EXTENDS_KEY, None)
     if extends is None:
         return data, locs
@@ -111,7 +111,7 @@ def _load_tree(path: Path, sources: Sources, chain: tuple[Path, ...] = ()) -> tu
         raise RecipeError(loc, EXTENDS_KEY, "extends chain too deep", code="extends-cycle")
     if not base_path.is_file():
         raise RecipeError(loc, EXTENDS_KEY, f"no such file: {shown_path(base_path)}", code="no-such-file")
-    base, base_locs = _load_tree(base_path, sources, (*chain, path))
+    base, base_locs = load_tree(base_path, sources, (*chain, path))
     top_locs = {p: loc for p, loc in locs.items() if p and p[0] != EXTENDS_KEY}
     _merge(base, base_locs, data, top_locs)
     base_locs[()] = Location(path)
@@ -151,7 +151,7 @@ def _apply_override(data: dict[str, Any], locs: Locs, text: str) -> None:
 
 # ---- conversion to the typed model -------------------------------------------------
 
-class _Converter:
+class Converter:
     def __init__(self, locs: Locs, sources: Sources, cwd: Path) -> None:
         self.where = KeyLocations(MappingProxyType(locs))
         self.sources = sources
@@ -173,7 +173,7 @@ class _Converter:
         fields = {f.name: (f, tp) for f, tp in section_fields(cls) if not (cls is Recipe and f.name == "path")}
         for key in value:
             if key not in fields:
-                raise self.fail((*path, key), _unknown_key_message(key, list(fields)), "unknown-key")
+                raise self.fail((*path, key), unknown_key_message(key, list(fields)), "unknown-key")
         kwargs: dict[str, Any] = {}
         for name, (f, tp) in fields.items():
             sub = (*path, name)
@@ -308,7 +308,7 @@ def _did_you_mean(key: str, choices: Sequence[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _unknown_key_message(key: str, choices: Sequence[str]) -> str:
+def unknown_key_message(key: str, choices: Sequence[str]) -> str:
     return f"unknown key '{key}'{_did_you_mean(key, choices)}"
 
 
@@ -332,23 +332,23 @@ def load_recipe(
     sources: Sources = {}
     if assets.is_builtin(str(path)):
         path = assets.builtin_path(str(path))
-    data, locs = _load_tree(Path(path), sources)
+    data, locs = load_tree(Path(path), sources)
     for text in overrides:
         _apply_override(data, locs, text)
-    conv = _Converter(locs, sources, cwd)
+    conv = Converter(locs, sources, cwd)
     for key in data:
         if key not in SECTIONS:
-            raise conv.fail((key,), _unknown_key_message(key, [*SECTIONS, EXTENDS_KEY]), "unknown-key")
+            raise conv.fail((key,), unknown_key_message(key, [*SECTIONS, EXTENDS_KEY]), "unknown-key")
     if "metadata" not in data:
         raise conv.fail((), "missing required table [metadata]", "missing-key")
     recipe: Recipe = conv.table(Recipe, {**data}, ())
     recipe = _with_epoch(recipe, env, conv)
-    _validate(recipe, conv, need_kernel)
+    validate_recipe(recipe, conv, need_kernel)
     initramfs = dataclasses.replace(recipe.initramfs, locations=conv.where)
     return dataclasses.replace(recipe, initramfs=initramfs, path=Path(os.path.abspath(path)))
 
 
-def _with_epoch(recipe: Recipe, env: Mapping[str, str], conv: _Converter) -> Recipe:
+def _with_epoch(recipe: Recipe, env: Mapping[str, str], conv: Converter) -> Recipe:
     if recipe.metadata.source_date_epoch is not None:
         return recipe
     raw = env.get("SOURCE_DATE_EPOCH", "")
@@ -366,7 +366,7 @@ def _with_epoch(recipe: Recipe, env: Mapping[str, str], conv: _Converter) -> Rec
 PREBUILT_EXCLUDES = ("init", "command", "files", "trees", "binaries", "nodes", "symlinks", "microcode", "compression")
 
 
-def _validate_initramfs(recipe: Recipe, conv: _Converter) -> None:
+def _validate_initramfs(recipe: Recipe, conv: Converter) -> None:
     spec = recipe.initramfs
     if spec.image is None:
         return
@@ -377,7 +377,7 @@ def _validate_initramfs(recipe: Recipe, conv: _Converter) -> None:
                             "initrd; use one or the other", "conflicting-keys")
 
 
-def _validate(recipe: Recipe, conv: _Converter, need_kernel: bool) -> None:
+def validate_recipe(recipe: Recipe, conv: Converter, need_kernel: bool) -> None:
     """Rules that span several keys."""
     _validate_initramfs(recipe, conv)
     if need_kernel and recipe.kernel.image is None and recipe.kernel.source is None:
@@ -404,7 +404,7 @@ def _validate(recipe: Recipe, conv: _Converter, need_kernel: bool) -> None:
 U32_MAX = 0xFFFFFFFF
 
 
-def _validate_instance(recipe: Recipe, conv: _Converter) -> None:
+def _validate_instance(recipe: Recipe, conv: Converter) -> None:
     """[instance], [devicetree] and [acpi] rules that span keys (multikernel-abi.md §7)."""
     inst, dt = recipe.instance, recipe.devicetree
     has_cpus = bool(inst.cpus) or inst.cpu_count is not None
@@ -421,7 +421,7 @@ def _validate_instance(recipe: Recipe, conv: _Converter) -> None:
     if inst.memory_base is not None and inst.memory_bytes is not None and \
             inst.memory_base + inst.memory_bytes > (1 << 64):
         raise conv.fail(("instance", "memory_base"), "memory_base + memory_bytes passes 2^64", "bad-value")
-    _validate_devices(recipe, conv)
+    validate_devices(recipe, conv)
     if inst.profile.value == "v2":
         _validate_v2(recipe, conv)
     elif inst.profile.value != "none":
@@ -443,7 +443,7 @@ def _validate_instance(recipe: Recipe, conv: _Converter) -> None:
                         "cpus and memory_bytes", "missing-key")
 
 
-def _validate_devices(recipe: Recipe, conv: _Converter) -> None:
+def validate_devices(recipe: Recipe, conv: Converter) -> None:
     aliases: dict[str, str] = {}
     addresses: dict[str, str] = {}
     for name, dev in recipe.instance.devices.items():
@@ -466,7 +466,7 @@ def _validate_devices(recipe: Recipe, conv: _Converter) -> None:
             addresses[bdf] = name
 
 
-def _validate_kernel_placed(recipe: Recipe, conv: _Converter) -> None:
+def _validate_kernel_placed(recipe: Recipe, conv: Converter) -> None:
     """mk2 and later (multikernel-abi.md §14, docs/multikernel-conformance.md): the kernel
     chooses every address and reads aliases for PCI devices only, so a recipe that asks
     otherwise is refused rather than silently ignored."""
@@ -487,7 +487,7 @@ def _validate_kernel_placed(recipe: Recipe, conv: _Converter) -> None:
                             "devices only (kernel/multikernel/dts.c mk_dt_add_pci_device)", "unsupported")
 
 
-def _validate_v2(recipe: Recipe, conv: _Converter) -> None:
+def _validate_v2(recipe: Recipe, conv: Converter) -> None:
     """The v2 RFC schema (§7.1): u32 CPU cells, u32 instance memory-bytes, one flat pool
     range (memory-base/memory-bytes, no memory@N), and neither NUMA nodes nor devices."""
     inst, dt = recipe.instance, recipe.devicetree
@@ -513,7 +513,7 @@ def _validate_v2(recipe: Recipe, conv: _Converter) -> None:
                         "unsupported")
 
 
-def _validate_pool(recipe: Recipe, conv: _Converter) -> None:
+def _validate_pool(recipe: Recipe, conv: Converter) -> None:
     inst, dt = recipe.instance, recipe.devicetree
     pool = set(dt.pool_cpus)
     if pool and (outside := [c for c in inst.cpus if c not in pool]):
@@ -543,7 +543,7 @@ def _validate_pool(recipe: Recipe, conv: _Converter) -> None:
         raise conv.fail(("instance", "numa_nodes"), f"NUMA node {stray[0]} has no pool memory", "bad-value")
 
 
-def _warn_smt_split(recipe: Recipe, conv: _Converter) -> None:
+def _warn_smt_split(recipe: Recipe, conv: Converter) -> None:
     """SMT siblings share a core's caches and a noisy neighbour; splitting them between
     kernels is allowed but rarely meant (multikernel-abi.md §7.5), so it is a warning."""
     threads = recipe.devicetree.smt_threads

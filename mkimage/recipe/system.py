@@ -25,17 +25,17 @@ from pathlib import Path
 from mkimage import assets
 from mkimage.errors import InputError, Location, RecipeError, shown_path
 from mkimage.recipe import checks
-from mkimage.recipe.docs import _item_rows, _row_line
+from mkimage.recipe.docs import item_rows, row_line
 from mkimage.recipe.load import (
+    Converter,
     Locs,
     Sources,
-    _Converter,
-    _load_tree,
-    _unknown_key_message,
-    _validate,
-    _validate_devices,
     is_uri,
     load_recipe,
+    load_tree,
+    unknown_key_message,
+    validate_devices,
+    validate_recipe,
 )
 from mkimage.recipe.locations import KeyPath
 from mkimage.recipe.model import (
@@ -196,11 +196,11 @@ def load_system(path: Path, *, strict: bool = False, env: Mapping[str, str] | No
     cwd = Path.cwd() if cwd is None else cwd
     path = Path(os.path.abspath(_resolved(path)))
     sources: Sources = {}
-    data, locs = _load_tree(path, sources)
-    conv = _Converter(locs, sources, cwd)
+    data, locs = load_tree(path, sources)
+    conv = Converter(locs, sources, cwd)
     for key in data:
         if key not in SYSTEM_SECTIONS:
-            raise conv.fail((key,), _unknown_key_message(key, list(SYSTEM_SECTIONS)), "unknown-key")
+            raise conv.fail((key,), unknown_key_message(key, list(SYSTEM_SECTIONS)), "unknown-key")
     if "system" not in data:
         raise conv.fail((), "missing required table [system]", code="missing-key")
     try:
@@ -270,7 +270,7 @@ def _system_keys(spawn: int | None) -> Iterator[None]:
 
 
 class _Resolver:
-    def __init__(self, path: Path, spec: SystemFile, conv: _Converter, strict: bool,
+    def __init__(self, path: Path, spec: SystemFile, conv: Converter, strict: bool,
                  env: Mapping[str, str], cwd: Path) -> None:
         self.path, self.spec, self.conv, self.strict, self.env, self.cwd = path, spec, conv, strict, env, cwd
         self.warnings: list[str] = []
@@ -313,7 +313,7 @@ class _Resolver:
         where: Locs = {("instance", "devices", name): self.loc("pool", "devices", name)
                        for name in self.spec.pool.devices}
         with _system_keys(None):
-            _validate_devices(pool, _Converter(where, {}, self.cwd))
+            validate_devices(pool, Converter(where, {}, self.cwd))
 
     def _profile(self, recipes: Sequence[Recipe]) -> AbiProfile:
         chosen: list[tuple[AbiProfile, Location]] = []
@@ -496,9 +496,9 @@ class _Resolver:
                                          smt_threads=1)
         merged = dataclasses.replace(recipe, instance=instance, devicetree=devicetree)
         where = self._spawn_locations(i, recipe, keep_profile=spec.profile is None)
-        conv = _Converter(where, {}, self.cwd)
+        conv = Converter(where, {}, self.cwd)
         with _system_keys(i):
-            _validate(merged, conv, need_kernel=True)
+            validate_recipe(merged, conv, need_kernel=True)
         final_dt = dataclasses.replace(devicetree, smt_threads=pool.smt_threads)
         initramfs = dataclasses.replace(merged.initramfs, locations=conv.where)
         merged = dataclasses.replace(merged, devicetree=final_dt, initramfs=initramfs)
@@ -539,6 +539,6 @@ def settings_markdown() -> str:
                         ("`[[spawns]]`", iter_rows(SpawnSpec, "spawns[]."))):
         parts.append(f"\n### {title}\n\n| key | type | default | description |\n|---|---|---|---|\n")
         for row in rows:
-            parts.append(_row_line(row))
-            parts.extend(_row_line(sub) for sub in _item_rows(row))
+            parts.append(row_line(row))
+            parts.extend(row_line(sub) for sub in item_rows(row))
     return "".join(parts)

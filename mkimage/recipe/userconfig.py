@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mkimage.errors import Location, RecipeError, shown_path
-from mkimage.recipe.load import Sources, _Converter, _read_file, _unknown_key_message
+from mkimage.recipe.load import Converter, Sources, read_toml_file, unknown_key_message
 from mkimage.recipe.model import section
 from mkimage.recipe.settings import in_range, optional, setting
 
@@ -309,11 +309,11 @@ def load_user_config(path: Path | None = None, *, env: Mapping[str, str] | None 
     if not path.is_file():
         raise RecipeError(Location(path), None, "not a regular file", code="not-a-regular-file")
     sources: Sources = {}
-    data, locs = _read_file(path, sources)
-    conv = _Converter(locs, sources, path.parent)
+    data, locs = read_toml_file(path, sources)
+    conv = Converter(locs, sources, path.parent)
     for key in data:
         if key not in CONFIG_SECTIONS:
-            raise conv.fail((key,), _unknown_key_message(key, list(CONFIG_SECTIONS)), "unknown-key")
+            raise conv.fail((key,), unknown_key_message(key, list(CONFIG_SECTIONS)), "unknown-key")
     config: UserConfig = conv.table(UserConfig, data, ())
     return LoadedConfig(config.build, path)
 
