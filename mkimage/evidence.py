@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -132,13 +133,20 @@ def sbom_artifact(recipe: Recipe, *, kernel_release: str, config_sha256: str, mk
 def sbom_key(facts: SbomFacts) -> str:
     """Everything the SBOM's bytes depend on: every fact, the code that writes it and the
     versions of the libraries it writes with."""
-    code = Path(str(sys.modules[make_sbom.__module__].__file__)).read_bytes()
+    code = _file_digest(str(sys.modules[make_sbom.__module__].__file__))
     libraries = {name: _version(name) for name in SBOM_LIBRARIES}
-    text = json.dumps([SBOM_MEMO_VERSION, hashlib.sha256(code).hexdigest(), libraries, dataclasses.asdict(facts)],
+    text = json.dumps([SBOM_MEMO_VERSION, code, libraries, dataclasses.asdict(facts)],
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Both fixed for the life of the process (per writer file); a system build asks once per spawn.
+@functools.cache
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@functools.cache
 def _version(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)
