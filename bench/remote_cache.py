@@ -35,16 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.kernel import CACHE_ROOT, seeded_cache  # noqa: E402 - after the sys.path line above
 from bench.timing import Timing, timed  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.build import build_kernel  # noqa: E402 - after the sys.path line above
-from mkimage.kernel.cache import KernelCache  # noqa: E402 - after the sys.path line above
 from mkimage.kernel.farm import STATS_LOG_NAME, read_stats_log  # noqa: E402 - after the sys.path line above
-from mkimage.kernel.source import materialise_source, source_identity  # noqa: E402 - after the sys.path line above
 from mkimage.recipe.load import load_recipe  # noqa: E402 - after the sys.path line above
-from mkimage.recipe.model import KernelSpec  # noqa: E402 - after the sys.path line above
 from mkimage.recipe.userconfig import BuildSettings  # noqa: E402 - after the sys.path line above
-
-CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mkspawn"
 
 
 def free_port() -> int:
@@ -71,17 +67,6 @@ def server(argv: list[str], port: int) -> Iterator[None]:
         proc.wait()
 
 
-def seeded_cache(root: Path, spec: KernelSpec) -> Path:
-    """A fresh cache root that already holds the extracted source (hardlinked), nothing else."""
-    assert spec.source is not None
-    identity = source_identity(spec.source, cache_root=CACHE_ROOT)
-    src = materialise_source(spec.source, identity, cache_root=CACHE_ROOT, mirrors=spec.mirrors)
-    dest = KernelCache(root).src_dir(src.sha256)
-    dest.mkdir(parents=True)
-    subprocess.run(["cp", "-al", str(src.tree), str(dest / "tree")], check=True)
-    return root
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes" / "minimal.toml")
@@ -105,7 +90,7 @@ def main() -> int:
 
         def run(label: str, farm: BuildSettings) -> Timing:
             # The same depth under tmp for every root, as two runners' caches would be.
-            root = seeded_cache(tmp / label.split()[0] / "cache", spec)
+            root = seeded_cache(tmp / label.split()[0], spec)
             try:
                 timing = timed(functools.partial(build_kernel, spec, arch="x86_64", cache_root=root,
                                                  source_date_epoch=0, use_ccache=True, farm=farm))
