@@ -148,12 +148,7 @@ def running_registry(directory: Path, *, tls: bool, htpasswd: Path | None = None
         _wait_ready(f"{scheme}://127.0.0.1:{port}/v2/", proc, log, str(ca) if ca else False)
         yield Registry(f"127.0.0.1:{port}", root, ca, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def write_htpasswd(path: Path, user: str, password: str) -> Path:
@@ -297,12 +292,7 @@ def running_proxy(directory: Path, connect_ports: list[int], *, auth: bool = Fal
             time.sleep(0.05)  # polling a port that is not open yet; there is no console marker to wait for
         yield HttpProxy(port, log, auth)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def registry_port(registry: Registry) -> int:
@@ -319,3 +309,13 @@ def http_proxy(tmp_path_factory: pytest.TempPathFactory, tls_registry: Registry)
 def auth_proxy(tmp_path_factory: pytest.TempPathFactory, tls_registry: Registry) -> Iterator[HttpProxy]:
     with running_proxy(tmp_path_factory.mktemp("auth-proxy"), [registry_port(tls_registry)], auth=True) as proxy:
         yield proxy
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a server the fixture started: politely, then for sure."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
